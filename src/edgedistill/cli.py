@@ -1,0 +1,105 @@
+"""Command line: parse, load the config, call one library function. No logic lives here.
+
+Each sub-command is a library function with a typed signature; jsonargparse turns that
+signature into flags, ``--config file.yaml`` and dotted overrides (``--teacher.model X``).
+Only the chosen command's module is imported, so ``edgedistill --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from edgedistill.errors import EdgeDistillError
+
+# name -> (module:function, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "cache": ("edgedistill.cache:cache_command", "Compute and store teacher outputs (embeddings, logits) for a dataset."),
+    "teacher": ("edgedistill.evaluate:teacher_command", "Teacher accuracy: zero-shot text head, ImageNet label map, or linear probe."),
+    "train": ("edgedistill.train:train_command", "Train a student: from labels, response KD or feature KD."),
+    "eval": ("edgedistill.evaluate:eval_command", "Evaluate a trained student (or teacher head) on a split or an ImageFolder."),
+    "run": ("edgedistill.experiments:run_command", "Run a YAML grid of trainings and write the results table and plots."),
+    "export": ("edgedistill.export:export_command", "Export a student or teacher image tower to ONNX (parity-checked), INT8, TensorRT."),
+    "bench": ("edgedistill.bench:bench_command", "Benchmark teacher vs student: latency, throughput, memory."),
+    "predict": ("edgedistill.predict:predict_command", "Classify images with an exported or checkpointed student."),
+    "demo": ("edgedistill.demo:demo_command", "The whole story offline on the bundled CIFAR-10 subset, with a report."),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: edgedistill <command> [--config FILE.yaml] [--flag value ...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run 'edgedistill <command> --help' for the flags of one command."]
+    return "\n".join(lines)
+
+
+def _load(target: str):
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def build_parser(name: str):
+    """The jsonargparse parser of one sub-command, built from its function's signature."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    target, help_ = COMMANDS[name]
+    func = _load(target)
+    parser = ArgumentParser(prog=f"edgedistill {name}", description=help_, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the flags below.")
+    parser.add_function_arguments(func, as_group=False)
+    return parser, func
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name in ("-V", "--version"):
+        from edgedistill import __version__
+
+        print(__version__)
+        return 0
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}. Valid: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        parser, func = build_parser(name)
+        try:
+            cfg = parser.parse_args(rest)
+        except SystemExit as e:  # --help, or jsonargparse's own exit
+            return int(e.code or 0)
+        except Exception as e:  # noqa: BLE001 - jsonargparse raises ArgumentError / ValueError on bad flags
+            print(f"error: edgedistill {name}: {_one_line(e)}", file=sys.stderr)
+            return 2
+        cfg.pop("config", None)
+        kwargs = parser.instantiate_classes(cfg)
+        kwargs.pop("config", None)
+        func(**kwargs)
+    except EdgeDistillError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _one_line(e: BaseException) -> str:
+    # jsonargparse nests the cause (e.g. our ConfigError from __post_init__) in its message.
+    cause = e
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        nxt = cause.__cause__ or cause.__context__
+        if isinstance(nxt, EdgeDistillError):
+            return str(nxt)
+        cause = nxt
+    text = " ".join(str(e).split())
+    return text if len(text) < 400 else text[:400] + " ..."
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
