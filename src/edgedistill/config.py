@@ -29,6 +29,8 @@ class DataConfig:
     """Extra unlabeled image folders or ``.tar`` files, added to the ``unlabeled`` split."""
     labeled_per_class: int | None = None
     """Keep only this many labeled images per class in ``train``; the rest join ``unlabeled`` with labels hidden."""
+    max_unlabeled: int | None = None
+    """Use at most this many unlabeled images (a seeded random subset); None: all of them."""
     val_fraction: float = 0.1
     """Fraction of the labeled training images carved out (stratified) as the ``val`` split."""
     seed: int = 0
@@ -41,6 +43,8 @@ class DataConfig:
             raise ConfigError(f"Unknown dataset {self.dataset!r}. Valid: {', '.join(DATASETS)}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={self.val_fraction} is out of range; it must be in [0, 1)")
+        if self.max_unlabeled is not None and self.max_unlabeled < 0:
+            raise ConfigError(f"data.max_unlabeled={self.max_unlabeled} must be >= 0 or null")
         if self.labeled_per_class is not None and self.labeled_per_class < 1:
             raise ConfigError(f"data.labeled_per_class={self.labeled_per_class} must be a positive integer or null")
 
