@@ -1,0 +1,104 @@
+"""Student networks: any timm model by name, with a CIFAR-style stem option and local weights.
+
+A student outputs either class logits (``num_outputs = C``) or an embedding of the
+teacher's width (``num_outputs = D``, feature distillation), which a frozen teacher head
+(``heads.TextHead`` / ``heads.LinearProbe``) turns into class logits.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import timm
+from torch import nn
+
+from edgedistill.errors import ConfigError, WeightsNotFoundError
+
+
+def create_student(
+    arch: str,
+    num_outputs: int,
+    *,
+    small_input: bool = False,
+    pretrained: str | None = None,
+    drop_rate: float = 0.0,
+) -> nn.Module:
+    """Build a timm model as a student.
+
+    Args:
+        arch: timm model name (``timm.list_models()``), e.g. ``resnet18``, ``mobilenetv3_small_100``.
+        num_outputs: Width of the output: the number of classes (logits) or the teacher's
+            embedding width (feature distillation).
+        small_input: Replace the stem for small images (CIFAR's 32 px): the first conv becomes
+            3x3 stride 1 and the max-pool is removed, so a 32 px image keeps a 4x4 map at the
+            last stage instead of 1x1. Implemented for timm ResNets.
+        pretrained: Path to a local ImageNet checkpoint of the same architecture (``.pth``,
+            ``.bin`` or ``.safetensors``). Loaded non-strictly, without the classifier;
+            None trains from scratch. Never downloads.
+        drop_rate: Dropout before the classifier.
+
+    Returns:
+        The model; ``model(x [B, 3, H, W]) -> [B, num_outputs]``.
+
+    Raises:
+        ConfigError: Unknown ``arch`` (close matches listed), ``num_outputs < 1``, or
+            ``small_input`` on an architecture that does not support it.
+        WeightsNotFoundError: ``pretrained`` is not a file, or shares no weights with ``arch``.
+    """
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=6, cutoff=0.6)
+        hint = f" Close matches: {', '.join(close)}." if close else ""
+        raise ConfigError(f"Unknown student arch {arch!r} (not a timm model).{hint} See timm.list_models().")
+    if num_outputs < 1:
+        raise ConfigError(f"num_outputs={num_outputs} must be >= 1")
+    model = timm.create_model(arch, pretrained=False, num_classes=num_outputs, drop_rate=drop_rate)
+    if pretrained is not None:
+        _load_backbone(model, arch, pretrained)
+    if small_input:
+        _small_input_stem(model, arch)
+    return model
+
+
+def _load_backbone(model: nn.Module, arch: str, path: str) -> None:
+    """Load ImageNet weights into everything but the classifier (whose shape differs)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise WeightsNotFoundError(f"student pretrained={path!r} is not a file; give a local checkpoint of {arch!r} or null")
+    state = timm.models.load_state_dict(str(file))  # handles .safetensors, "state_dict"/"model" wrappers
+    classifier = model.pretrained_cfg.get("classifier") or "fc"
+    prefixes = tuple(f"{c}." for c in ((classifier,) if isinstance(classifier, str) else classifier))
+    own = model.state_dict()
+    backbone = {
+        k: v for k, v in state.items() if not k.startswith(prefixes) and k in own and own[k].shape == v.shape
+    }
+    if not backbone:
+        raise WeightsNotFoundError(
+            f"student pretrained={path!r} shares no weights with {arch!r}; is it a checkpoint of another architecture?"
+        )
+    model.load_state_dict(backbone, strict=False)
+
+
+def _small_input_stem(model: nn.Module, arch: str) -> None:
+    """CIFAR stem: first conv 3x3 stride 1, no max-pool (He et al. 2016, section 4.2)."""
+    if not isinstance(model, timm.models.resnet.ResNet):
+        raise ConfigError(
+            f"small_input=True is not supported for student {arch!r} ({type(model).__name__}); it is implemented "
+            "for timm ResNets (resnet18, resnet34, resnet50, resnet10t, ...). Use small_input=False and a larger image_size."
+        )
+    if isinstance(model.conv1, nn.Conv2d):
+        old = model.conv1
+        model.conv1 = nn.Conv2d(old.in_channels, old.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    else:
+        # Deep stems (resnet*d / *t: three 3x3 convs) keep their convs; only the first stride goes.
+        first = next(m for m in model.conv1.modules() if isinstance(m, nn.Conv2d))
+        first.stride = (1, 1)
+    model.maxpool = nn.Identity()
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["create_student", "count_parameters"]
