@@ -1,0 +1,472 @@
+"""Sources: one concrete image collection each (an STL10 binary file, an image folder, a tar).
+
+Teacher caches are computed per source, so carving a validation split or choosing a
+labeled subset never invalidates a cache. Every source exposes ``key``, ``classes``,
+``labels`` (int64, -1 where unlabeled), ``load(i) -> PIL RGB`` and a cheap ``identity()``.
+
+Large files are opened lazily and re-opened per process: DataLoader workers fork, and an
+open file handle or memory map shared across processes is a source of subtle bugs (shared
+file offsets) and of huge pickles (spawned workers would copy a memory-mapped array).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from edgedistill.errors import DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+
+DEMO_ARCHIVE = Path(__file__).parent / "demo" / "cifar10-demo.tar.gz"
+DEFAULT_DATA_DIR = Path("~/.cache/edgedistill-data").expanduser()
+
+
+class BadImageError(Exception):
+    """One image that cannot be decoded. Per item, so not an EdgeDistillError: jobs skip it and count it."""
+
+
+class Source(torch.utils.data.Dataset):
+    """One image collection. ``source[i]`` is ``source.load(i)``: a PIL RGB image.
+
+    Attributes:
+        key: Stable name used in cache paths and batches, e.g. ``"stl10/train"``.
+        classes: Class names; ``[]`` for purely unlabeled sources.
+        labels: int64 ``[N]``; -1 where the source has no label.
+    """
+
+    key: str
+    classes: list[str]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> Image.Image:
+        return self.load(i)
+
+    def load(self, i: int) -> Image.Image:
+        """The ``i``-th image as RGB; raises BadImageError if it cannot be decoded."""
+        raise NotImplementedError
+
+    def identity(self) -> dict[str, Any]:
+        """JSON-able description of the content (kind, path, N, sizes/mtimes) for cache fingerprints."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(key={self.key!r}, n={len(self)})"
+
+
+def _file_stats(paths: list[Path]) -> dict[str, list[int]]:
+    """``{name: [size, mtime_ns]}``: cheap content identity of a few large files."""
+    out = {}
+    for p in paths:
+        st = p.stat()
+        out[p.name] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _decode(data: bytes | Path, what: str) -> Image.Image:
+    """Decode an image file fully (``convert`` forces the read, so truncation surfaces here)."""
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+            return img.convert("RGB")
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, struct.error, ... on corrupt files
+        raise BadImageError(f"cannot read image {what}: {type(e).__name__}: {e}") from e
+
+
+def _list_images(root: Path) -> list[Path]:
+    """All image files below ``root``, recursively, sorted by relative path (deterministic order)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [Path(dirpath) / f for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _hash_file_list(root: Path, files: list[Path]) -> str:
+    """sha256 of every file's relative path, size and mtime: changes when any image does."""
+    h = hashlib.sha256()
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# STL10
+# --------------------------------------------------------------------------------------------
+
+STL10_FILES = {"train": ("train_X.bin", "train_y.bin"), "test": ("test_X.bin", "test_y.bin"), "unlabeled": ("unlabeled_X.bin", None)}
+_STL10_IMAGE_BYTES = 3 * 96 * 96
+
+
+def find_stl10_dir(root: str | os.PathLike) -> Path | None:
+    """The ``stl10_binary`` folder under ``root`` (or ``root`` itself), or None if it has no ``train_X.bin``."""
+    root = Path(root).expanduser()
+    for d in (root / "stl10_binary", root):
+        if (d / "train_X.bin").is_file():
+            return d.resolve()
+    return None
+
+
+class STL10Binary(Source):
+    """One part of STL10 in its official binary layout, read through a memory map.
+
+    ``<dir>/{part}_X.bin`` holds N images of 3x96x96 uint8, each channel stored column-major
+    (as the MATLAB original), so an image is read as ``[3, W, H]`` and transposed to
+    ``[H, W, 3]``. ``{part}_y.bin`` holds labels 1..10, mapped to 0..9. ``unlabeled_X.bin``
+    is 2.7 GB and is never read whole: one image is one 27,648-byte slice of the map.
+
+    Args:
+        directory: The ``stl10_binary`` folder.
+        part: ``train``, ``test`` or ``unlabeled``.
+    """
+
+    def __init__(self, directory: str | os.PathLike, part: str) -> None:
+        if part not in STL10_FILES:
+            raise DataError(f"Unknown STL10 part {part!r}. Valid: {', '.join(STL10_FILES)}")
+        self.dir = Path(directory).resolve()
+        self.part = part
+        self.key = f"stl10/{part}"
+        x_name, y_name = STL10_FILES[part]
+        self.x_path = self.dir / x_name
+        if not self.x_path.is_file():
+            raise DataError(f"STL10 file {self.x_path} is missing")
+        size = self.x_path.stat().st_size
+        n = size // _STL10_IMAGE_BYTES
+        if size % _STL10_IMAGE_BYTES:
+            warnings.warn(f"{self.x_path} is truncated ({size} bytes); reading its first {n} complete images")
+        names_file = self.dir / "class_names.txt"
+        self.classes = names_file.read_text().split() if names_file.is_file() else list(STL10_CLASSES)
+        if y_name is None:
+            self.labels = np.full(n, -1, dtype=np.int64)
+            self.y_path = None
+        else:
+            self.y_path = self.dir / y_name
+            if not self.y_path.is_file():
+                raise DataError(f"STL10 label file {self.y_path} is missing")
+            y = np.fromfile(self.y_path, dtype=np.uint8).astype(np.int64)
+            if len(y) != n:
+                raise DataError(f"{self.y_path} has {len(y)} labels but {self.x_path} has {n} images")
+            if len(y) and (y.min() < 1 or y.max() > len(self.classes)):
+                raise DataError(f"{self.y_path} has labels outside 1..{len(self.classes)}: min {y.min()}, max {y.max()}")
+            self.labels = y - 1
+        self._images: np.memmap | None = None
+        self._pid = -1
+
+    def _map(self) -> np.memmap:
+        # One map per process: opened on first use, dropped when pickled to a worker.
+        if self._images is None or self._pid != os.getpid():
+            self._images = np.memmap(self.x_path, dtype=np.uint8, mode="r", shape=(len(self.labels), 3, 96, 96))
+            self._pid = os.getpid()
+        return self._images
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_images": None, "_pid": -1}
+
+    def load(self, i: int) -> Image.Image:
+        chw_t = np.asarray(self._map()[i])  # [3, W, H]: column-major on disk
+        return Image.fromarray(np.ascontiguousarray(chw_t.transpose(2, 1, 0)))  # [H, W, 3]
+
+    def identity(self) -> dict[str, Any]:
+        files = [self.x_path] + ([self.y_path] if self.y_path else [])
+        return {"kind": "stl10_binary", "path": str(self.dir), "part": self.part, "n": len(self), "files": _file_stats(files)}
+
+
+# --------------------------------------------------------------------------------------------
+# Image folders and tars
+# --------------------------------------------------------------------------------------------
+
+
+class ImageFolderSource(Source):
+    """Labeled images in ``<root>/<class>/**/*.{jpg,png,...}``; classes are the sorted folder names.
+
+    Args:
+        root: The folder holding one sub-folder per class.
+        key: Source key, e.g. ``"demo/labeled"``.
+        classes: Class names to index labels by (e.g. the train classes for a test folder);
+            None: this folder's own sorted sub-folders. A folder not in ``classes`` is an error.
+    """
+
+    def __init__(self, root: str | os.PathLike, key: str, classes: list[str] | None = None) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.key = key
+        if not self.root.is_dir():
+            raise DataError(f"Image folder {self.root} does not exist")
+        folders = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not folders:
+            raise DataError(f"Image folder {self.root} has no class sub-folders; expected <root>/<class>/*.jpg")
+        self.classes = list(classes) if classes is not None else folders
+        unknown = [f for f in folders if f not in self.classes]
+        if unknown:
+            raise DataError(f"Image folder {self.root} has classes {unknown} not in the training classes {self.classes}")
+        self.files: list[Path] = []
+        labels = []
+        for name in folders:
+            found = _list_images(self.root / name)
+            self.files += found
+            labels += [self.classes.index(name)] * len(found)
+        if not self.files:
+            raise DataError(f"Image folder {self.root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self._identity: dict | None = None
+
+    def load(self, i: int) -> Image.Image:
+        return _decode(self.files[i], str(self.files[i]))
+
+    def identity(self) -> dict[str, Any]:
+        if self._identity is None:
+            self._identity = {"kind": "imagefolder", "path": str(self.root), "n": len(self), "classes": self.classes,
+                              "files_sha256": _hash_file_list(self.root, self.files)}
+        return self._identity
+
+
+class UnlabeledImages(Source):
+    """Unlabeled images: a folder (searched recursively) or an uncompressed ``.tar`` of images.
+
+    A tar's member offsets are indexed once; each image is one ``seek`` + ``read`` of the
+    raw file, opened lazily per process so forked DataLoader workers never share a handle.
+
+    Args:
+        path: A folder or a ``.tar`` file.
+        key: Source key, e.g. ``"demo/unlabeled"``.
+    """
+
+    def __init__(self, path: str | os.PathLike, key: str) -> None:
+        self.path = Path(path).expanduser().resolve()
+        self.key = key
+        self.classes = []
+        self._fh: io.BufferedReader | None = None
+        self._pid = -1
+        self._identity: dict | None = None
+        if self.path.is_dir():
+            self.is_tar = False
+            self.files = _list_images(self.path)
+            n = len(self.files)
+        elif self.path.is_file() and tarfile.is_tarfile(self.path):
+            self.is_tar = True
+            self._index_tar()
+            n = len(self.names)
+        else:
+            raise DataError(f"Unlabeled images {str(path)!r}: not a folder or a .tar file of images")
+        if n == 0:
+            raise DataError(f"Unlabeled images {self.path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        self.labels = np.full(n, -1, dtype=np.int64)
+
+    def _index_tar(self) -> None:
+        try:
+            tf = tarfile.open(self.path, mode="r:")  # plain tar only: compressed streams cannot seek
+        except tarfile.ReadError as e:
+            raise DataError(f"{self.path} is a compressed tar; random access needs an uncompressed one "
+                            f"(e.g. `gunzip -k {self.path.name}`) or an extracted folder") from e
+        names, offsets, sizes = [], [], []
+        with tf:
+            for m in tf:
+                if m.isfile() and m.name.lower().endswith(IMAGE_EXTENSIONS) and not Path(m.name).name.startswith("."):
+                    names.append(m.name)
+                    offsets.append(m.offset_data)
+                    sizes.append(m.size)
+        self.names = names
+        self._offsets = np.asarray(offsets, dtype=np.int64)
+        self._sizes = np.asarray(sizes, dtype=np.int64)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fh": None, "_pid": -1}
+
+    def load(self, i: int) -> Image.Image:
+        if not self.is_tar:
+            return _decode(self.files[i], str(self.files[i]))
+        if self._fh is None or self._pid != os.getpid():
+            self._fh = open(self.path, "rb")  # noqa: SIM115 - kept open for the life of this process
+            self._pid = os.getpid()
+        self._fh.seek(int(self._offsets[i]))
+        return _decode(self._fh.read(int(self._sizes[i])), f"{self.path}:{self.names[i]}")
+
+    def identity(self) -> dict[str, Any]:
+        if self._identity is None:
+            if self.is_tar:
+                self._identity = {"kind": "tar", "path": str(self.path), "n": len(self), "files": _file_stats([self.path])}
+            else:
+                self._identity = {"kind": "folder", "path": str(self.path), "n": len(self),
+                                  "files_sha256": _hash_file_list(self.path, self.files)}
+        return self._identity
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-10 (python pickles) and Fashion-MNIST (idx-ubyte)
+# --------------------------------------------------------------------------------------------
+
+
+def find_cifar10_pickles(root: str | os.PathLike) -> Path | None:
+    """The ``cifar-10-batches-py`` folder at or under ``root``, or None."""
+    root = Path(root).expanduser()
+    for d in (root, root / "cifar-10-batches-py"):
+        if (d / "data_batch_1").is_file():
+            return d.resolve()
+    return None
+
+
+class CIFAR10Source(Source):
+    """CIFAR-10 from the ``cifar-10-batches-py`` pickles (rows of 3072 uint8, channel-major 3x32x32).
+
+    The images are held in memory (150 MB for train), which forked workers share copy-on-write.
+    For CIFAR-10 as an ImageFolder tree, ``build_splits`` uses an ImageFolderSource instead.
+
+    Args:
+        directory: The ``cifar-10-batches-py`` folder.
+        part: ``train`` (data_batch_1..5) or ``test`` (test_batch).
+    """
+
+    def __init__(self, directory: str | os.PathLike, part: str = "train") -> None:
+        names = {"train": [f"data_batch_{k}" for k in range(1, 6)], "test": ["test_batch"]}
+        if part not in names:
+            raise DataError(f"Unknown CIFAR-10 part {part!r}. Valid: train, test")
+        self.dir = Path(directory).resolve()
+        self.part = part
+        self.key = f"cifar10/{part}"
+        self.paths = [self.dir / n for n in names[part]]
+        data, labels = [], []
+        for p in self.paths:
+            if not p.is_file():
+                raise DataError(f"CIFAR-10 batch {p} is missing")
+            with open(p, "rb") as f:
+                d = pickle.load(f, encoding="bytes")
+            data.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels += list(d[b"labels"])
+        self._images = np.concatenate(data)  # [N, 3, 32, 32]
+        self.labels = np.asarray(labels, dtype=np.int64)
+        meta = self.dir / "batches.meta"
+        if meta.is_file():
+            with open(meta, "rb") as f:
+                self.classes = [c.decode() for c in pickle.load(f, encoding="bytes")[b"label_names"]]
+        else:
+            self.classes = list(CIFAR10_CLASSES)
+
+    def load(self, i: int) -> Image.Image:
+        return Image.fromarray(np.ascontiguousarray(self._images[i].transpose(1, 2, 0)))
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": "cifar10_pickle", "path": str(self.dir), "part": self.part, "n": len(self), "files": _file_stats(self.paths)}
+
+
+def find_fashion_mnist(root: str | os.PathLike) -> Path | None:
+    """The folder holding ``train-images-idx3-ubyte[.gz]``: ``root``, ``root/raw`` or ``root/FashionMNIST/raw``."""
+    root = Path(root).expanduser()
+    for d in (root, root / "raw", root / "FashionMNIST" / "raw"):
+        if _idx_file(d, "train-images-idx3-ubyte") is not None:
+            return d.resolve()
+    return None
+
+
+def _idx_file(directory: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An idx-ubyte array (magic 0x0000 08 ndim, big-endian dims, then uint8 data)."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not an idx-ubyte file (magic {raw[:4].hex()!r})")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated: {data.size} values for shape {tuple(dims)}")
+    return data.reshape(tuple(int(d) for d in dims))
+
+
+class FashionMNISTSource(Source):
+    """Fashion-MNIST from idx-ubyte files (optionally ``.gz``); 28x28 grayscale, returned as RGB.
+
+    Args:
+        directory: The folder holding ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``.
+        part: ``train`` or ``test``.
+    """
+
+    def __init__(self, directory: str | os.PathLike, part: str = "train") -> None:
+        prefix = {"train": "train", "test": "t10k"}
+        if part not in prefix:
+            raise DataError(f"Unknown Fashion-MNIST part {part!r}. Valid: train, test")
+        self.dir = Path(directory).resolve()
+        self.part = part
+        self.key = f"fashion_mnist/{part}"
+        self.classes = list(FASHION_MNIST_CLASSES)
+        img_path = _idx_file(self.dir, f"{prefix[part]}-images-idx3-ubyte")
+        lbl_path = _idx_file(self.dir, f"{prefix[part]}-labels-idx1-ubyte")
+        if img_path is None or lbl_path is None:
+            raise DataError(f"Fashion-MNIST {part} files {prefix[part]}-{{images-idx3,labels-idx1}}-ubyte[.gz] missing in {self.dir}")
+        self.paths = [img_path, lbl_path]
+        self._images = _read_idx(img_path)  # [N, 28, 28]
+        self.labels = _read_idx(lbl_path).astype(np.int64)
+        if self._images.ndim != 3 or len(self._images) != len(self.labels):
+            raise DataError(f"{img_path} (shape {self._images.shape}) does not match {lbl_path} ({len(self.labels)} labels)")
+
+    def load(self, i: int) -> Image.Image:
+        return Image.fromarray(np.ascontiguousarray(self._images[i])).convert("RGB")
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": "fashion_mnist_idx", "path": str(self.dir), "part": self.part, "n": len(self), "files": _file_stats(self.paths)}
+
+
+# --------------------------------------------------------------------------------------------
+# The bundled demo archive
+# --------------------------------------------------------------------------------------------
+
+
+def demo_archive_hash() -> str:
+    """First 12 hex digits of the bundled archive's sha256 (names its default extraction folder)."""
+    return hashlib.sha256(DEMO_ARCHIVE.read_bytes()).hexdigest()[:12]
+
+
+def extract_demo(target: str | os.PathLike | None = None) -> Path:
+    """Extract the bundled CIFAR-10 demo subset once; return the folder holding ``labeled/ eval/ unlabeled/``.
+
+    Extraction goes to a temp folder beside ``target`` and is renamed into place, so an
+    interrupted or concurrent extraction never leaves a half-written tree behind.
+
+    Args:
+        target: Where the tree goes; None: ``~/.cache/edgedistill-data/cifar10-demo-<hash>``.
+    """
+    target = Path(target).expanduser() if target else DEFAULT_DATA_DIR / f"cifar10-demo-{demo_archive_hash()}"
+    if (target / "labeled").is_dir():
+        return target.resolve()
+    if target.exists() and any(target.iterdir()):
+        raise DataError(f"data.root={str(target)!r} exists but holds no demo tree (labeled/, eval/, unlabeled/); "
+                        "pass an empty or new folder, or leave data.root unset")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        with tarfile.open(DEMO_ARCHIVE) as tf:
+            tf.extractall(tmp, filter="data")
+        tree = tmp / "cifar10-demo"
+        try:
+            os.rename(tree, target)  # atomic; also replaces an empty target folder
+        except OSError:
+            if not (target / "labeled").is_dir():  # not a concurrent extraction that won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target.resolve()
