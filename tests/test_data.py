@@ -136,6 +136,23 @@ def test_labeled_per_class_moves_the_rest_to_unlabeled_with_labels_hidden(tmp_pa
     assert item["source"] == "stl10/train" and item["label"] == -1 and isinstance(item["image"], Image.Image)
 
 
+def test_max_unlabeled_takes_nested_seeded_subsets(tmp_path: Path) -> None:
+    root = write_stl10(tmp_path, {"train": 40, "test": 10, "unlabeled": 30})
+    base = dict(dataset="stl10", root=str(root), labeled_per_class=2, seed=0)
+    full = _rows(build_splits(DataConfig(**base)), "unlabeled")
+    assert len(full) == 20 + 30
+    sizes = {}
+    for m in (0, 7, 25, 1000):
+        splits = build_splits(DataConfig(**base, max_unlabeled=m))
+        sizes[m] = _rows(splits, "unlabeled")
+        assert splits.manifest["counts"]["unlabeled"] == min(m, 50) and splits.manifest["max_unlabeled"] == m
+    assert sizes[0] == set() and sizes[7] < sizes[25] < sizes[1000] == full
+    assert {s for s, _ in sizes[25]} == {"stl10/train", "stl10/unlabeled"}  # drawn from both parts
+    empty = build_splits(DataConfig(**base, max_unlabeled=0))
+    assert len(empty.dataset("train+unlabeled", None)) == len(empty.labels("train")) == 10  # 2 per class, 1 to val
+    assert sizes[7] == _rows(build_splits(DataConfig(**base, max_unlabeled=7)), "unlabeled")
+
+
 def test_imagefolder_and_extra_unlabeled_tar(image_folder: Path, tmp_path: Path) -> None:
     tar_path = tmp_path / "extra.tar"
     with tarfile.open(tar_path, "w") as tf:

@@ -4,7 +4,8 @@
   1. the labeled pool = the labeled training source(s);
   2. with ``labeled_per_class=k``: k images per class stay labeled, the rest join
      ``unlabeled`` with their labels hidden;
-  3. ``val`` = a stratified ``val_fraction`` of what stays labeled; ``train`` = the rest.
+  3. ``val`` = a stratified ``val_fraction`` of what stays labeled; ``train`` = the rest;
+  4. with ``max_unlabeled=m``: a seeded random subset of m images of ``unlabeled`` (nested in m).
 ``test`` is the dataset's own test split, read only for final numbers. Splits are lists of
 ``SplitPart``\\ s (a source and sorted indices), so caches stay per source.
 """
@@ -107,7 +108,7 @@ class SplitDataset(torch.utils.data.Dataset):
     @property
     def labels(self) -> np.ndarray:
         """int64 ``[len(self)]``: visible labels, -1 where hidden."""
-        return np.concatenate([self.sources[p.source].labels[p.indices] if p.labeled
+        return np.concatenate([np.zeros(0, dtype=np.int64)] + [self.sources[p.source].labels[p.indices] if p.labeled
                                else np.full(len(p.indices), -1, dtype=np.int64) for p in self.parts])
 
     def __getitem__(self, j: int) -> dict[str, Any] | None:
@@ -338,7 +339,15 @@ def build_splits(cfg: DataConfig) -> DataSplits:
         parts["test"] = [SplitPart(s.key, np.arange(len(s), dtype=np.int64), True) for s in test]
     unl = _to_parts(keys[hidden_rows], idx[hidden_rows], order, False)
     unl += [SplitPart(s.key, np.arange(len(s), dtype=np.int64), False) for s in unlabeled]
-    if unl:
+    if unl and cfg.max_unlabeled is not None:
+        # One seeded permutation, truncated: a smaller subset is contained in every larger one,
+        # so "accuracy vs amount of unlabeled data" compares nested sets.
+        u_keys = np.concatenate([np.full(len(p.indices), p.source, dtype=object) for p in unl])
+        u_idx = np.concatenate([p.indices for p in unl])
+        pick = np.random.default_rng([cfg.seed, 1]).permutation(len(u_idx))[: cfg.max_unlabeled]
+        unl = _to_parts(u_keys[pick], u_idx[pick], [p.source for p in unl], False)
+        parts["unlabeled"] = unl  # kept even when empty, so "train+unlabeled" still names a split
+    elif unl:
         parts["unlabeled"] = unl
 
     h = hashlib.sha256()
@@ -351,6 +360,7 @@ def build_splits(cfg: DataConfig) -> DataSplits:
         "seed": cfg.seed,
         "val_fraction": cfg.val_fraction,
         "labeled_per_class": cfg.labeled_per_class,
+        "max_unlabeled": cfg.max_unlabeled,
         "classes": list(classes),
         "counts": {name: int(sum(len(p.indices) for p in ps)) for name, ps in parts.items()},
         "sources": {k: len(s) for k, s in sources.items()},
