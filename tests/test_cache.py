@@ -1,0 +1,230 @@
+"""Teacher-output cache: correctness, corrupt images, refusal, augmented views, resume after SIGKILL, 2 processes.
+
+Everything goes through the real data sources and a real (tiny, random-init) open_clip model.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from edgedistill.cache import ShardedArray, TeacherCache, cache_source, ensure_cache, view_name
+from edgedistill.config import DataConfig, TeacherConfig
+from edgedistill.data import ImageFolderSource, apply_aug, eval_transform, sample_aug_params
+from edgedistill.data.splits import BadImageWarning
+from edgedistill.errors import CacheMismatchError
+
+TINY = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+open_clip.factory._MODEL_CONFIGS["tiny-test"] = TINY
+TEACHER_CFG = TeacherConfig(kind="openclip", model="tiny-test", pretrained=None, device="cpu", batch_size=16)
+N_IMAGES, SHARD = 240, 40  # 6 shards
+
+# Run by the subprocess tests. Top-level registration: torch.multiprocessing spawn re-imports this
+# script in each worker, so the tiny config exists there too.
+SCRIPT = textwrap.dedent(f"""
+    import sys
+    import open_clip
+    open_clip.factory._MODEL_CONFIGS["tiny-test"] = {TINY!r}
+    from edgedistill.cache import ensure_cache
+    from edgedistill.config import DataConfig, TeacherConfig
+
+    if __name__ == "__main__":
+        root, cache_dir, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
+        ensure_cache(DataConfig(dataset="imagefolder", root=root, val_fraction=0.0),
+                     TeacherConfig(kind="openclip", model="tiny-test", pretrained=None, device="cpu", batch_size=16),
+                     "train", cache_dir, devices=devices, shard_size={SHARD}, num_workers=0)
+""")
+
+
+def _write_images(root: Path, n: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        folder = root / ("cat" if i % 2 else "dog")
+        folder.mkdir(parents=True, exist_ok=True)
+        size = (12 + i % 5, 10 + i % 3)  # varied sizes: the teacher view resizes them all
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    from edgedistill.cache import _build_teacher
+
+    return _build_teacher(TEACHER_CFG)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("imgs")
+    _write_images(root, N_IMAGES)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(images, tmp_path_factory, teacher) -> TeacherCache:
+    """An uninterrupted single-process run, the arrays the other runs must reproduce exactly."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same thread count as the subprocesses: bit-identical float math
+    try:
+        caches = ensure_cache(DataConfig(dataset="imagefolder", root=str(images), val_fraction=0.0), TEACHER_CFG,
+                              "train", tmp_path_factory.mktemp("ref"), shard_size=SHARD, num_workers=0, teacher=teacher)
+    finally:
+        torch.set_num_threads(threads)
+    (cache,) = caches.values()
+    return cache
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", EDGEDISTILL_NO_PROGRESS="1")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _assert_same(a: TeacherCache, b: TeacherCache) -> None:
+    assert a.manifest["N"] == b.manifest["N"] and len(a.manifest["shards"]) == len(b.manifest["shards"])
+    np.testing.assert_array_equal(np.asarray(a.embedding), np.asarray(b.embedding))
+    np.testing.assert_array_equal(a.valid, b.valid)
+
+
+def test_cache_matches_teacher_and_reopens(reference, teacher, images):
+    m = reference.manifest
+    assert (m["N"], m["D"], m["C"], m["bad"]) == (N_IMAGES, 32, 0, 0)
+    assert len(m["shards"]) == N_IMAGES // SHARD and m["images_per_s"] > 0
+    assert reference.embedding.shape == (N_IMAGES, 32) and reference.embedding.dtype == np.float16
+    assert reference.logits is None and reference.aug_params is None and reference.valid.all()
+    assert m["teacher"]["fingerprint"] == teacher.fingerprint
+    # rows are the teacher's output on the eval view of the same image (source order)
+    src = ImageFolderSource(images, "x")
+    idx = [0, 39, 40, 239]
+    x = torch.stack([eval_transform(teacher.view)(src.load(i)) for i in idx])
+    want = teacher(x)["embedding"].numpy()
+    np.testing.assert_allclose(reference.embedding[idx].astype(np.float32), want, rtol=2e-3, atol=2e-3)
+    # a second request computes nothing and opens the same files
+    again = cache_source(teacher, _source_of(reference, images), reference.path.parents[3], shard_size=SHARD,
+                         num_workers=0)
+    assert again.manifest["created"] == m["created"]
+
+
+def _source_of(cache: TeacherCache, images: Path):
+    from edgedistill.data import build_splits
+
+    return build_splits(DataConfig(dataset="imagefolder", root=str(images), val_fraction=0.0)).sources[
+        cache.manifest["source"]["key"]]
+
+
+def test_sharded_array_indexing():
+    parts = [np.arange(6).reshape(3, 2), np.arange(6, 10).reshape(2, 2)]
+    a = ShardedArray(parts)
+    full = np.concatenate(parts)
+    assert a.shape == (5, 2) and len(a) == 5
+    for idx in (3, -1, slice(1, 4), [4, 0, 3], np.array([True, False, True, False, True]), torch.tensor([2, 3])):
+        np.testing.assert_array_equal(a[idx], full[idx if not isinstance(idx, torch.Tensor) else idx.numpy()])
+    np.testing.assert_array_equal(np.asarray(a), full)
+    with pytest.raises(IndexError):
+        a[[5]]
+
+
+def test_fingerprint_mismatch_is_refused(reference):
+    other = "0" * 64
+    with pytest.raises(CacheMismatchError) as e:
+        TeacherCache.open(reference.path, expected_fingerprint=other)
+    assert other in str(e.value) and reference.manifest["teacher"]["fingerprint"] in str(e.value)
+    with pytest.raises(CacheMismatchError, match="requested source"):
+        TeacherCache.open(reference.path, expected_fingerprint=reference.manifest["teacher"]["fingerprint"],
+                          expected_source={"kind": "imagefolder", "n": 1})
+
+
+def test_corrupt_image_skipped_and_counted(tmp_path, teacher):
+    _write_images(tmp_path / "imgs", 9)
+    (tmp_path / "imgs" / "cat" / "0003.png").write_bytes(b"not a png")  # index 1 within the sorted files
+    src = ImageFolderSource(tmp_path / "imgs", "tiny/train")
+    bad_index = [str(f) for f in src.files].index(str(tmp_path / "imgs" / "cat" / "0003.png"))
+    with pytest.warns(BadImageWarning, match="0003.png"):
+        cache = cache_source(teacher, src, tmp_path / "cache", shard_size=4, batch_size=3, num_workers=0)
+    assert cache.manifest["bad"] == 1 and cache.manifest["shards"][bad_index // 4]["bad"] == 1
+    assert cache.valid.sum() == 8 and not cache.valid[bad_index]
+    assert not cache.embedding[bad_index].any()  # the bad row is zero
+    assert cache.embedding[np.flatnonzero(cache.valid)].any(axis=1).all()
+
+
+def test_aug_views_store_params(tmp_path, teacher):
+    _write_images(tmp_path / "imgs", 5)
+    src = ImageFolderSource(tmp_path / "imgs", "tiny/train")
+    cache = cache_source(teacher, src, tmp_path / "cache", views=3, seed=7, shard_size=2, num_workers=0)
+    assert cache.path.name == view_name(3, 7) == "aug3-s7"
+    assert cache.embedding.shape == (5, 3, 32) and cache.aug_params.shape == (5, 3, 5)
+    assert cache.manifest["view"]["views"] == 3 and cache.manifest["view"]["seed"] == 7
+    for i, k in [(0, 0), (3, 2), (4, 1)]:
+        p = sample_aug_params(7, "tiny/train", i, k)
+        np.testing.assert_allclose(cache.aug_params[i][k], [p.top, p.left, p.height, p.width, float(p.flip)], rtol=1e-6)
+        want = teacher(apply_aug(src.load(i), p, teacher.view)[None])["embedding"][0].numpy()
+        np.testing.assert_allclose(cache.embedding[i][k].astype(np.float32), want, rtol=2e-3, atol=2e-3)
+    assert not np.array_equal(cache.embedding[0][0], cache.embedding[0][1])  # different crops, different outputs
+    # the plain view of the same source is another cache, not a mismatch
+    assert cache_source(teacher, src, tmp_path / "cache", shard_size=2, num_workers=0).embedding.shape == (5, 32)
+
+
+def _run_script(tmp_path: Path, images: Path, cache_dir: Path, devices: int, **env) -> subprocess.Popen:
+    script = tmp_path / "run_cache.py"
+    script.write_text(SCRIPT)
+    return subprocess.Popen([sys.executable, str(script), str(images), str(cache_dir), str(devices)],
+                            env={**_env(), **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _shard_stats(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.glob("shard_*")}
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_identical(tmp_path, images, reference):
+    cache_dir = tmp_path / "cache"
+    folder = cache_dir / reference.path.relative_to(reference.path.parents[3])
+    proc = _run_script(tmp_path, images, cache_dir, 1, EDGEDISTILL_CACHE_TEST_SLEEP="0.7")
+    deadline = time.monotonic() + 120
+    while not list(folder.glob("shard_*.embedding.npy")):
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "no shard appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.name for p in folder.glob("shard_*.embedding.npy"))
+    assert 1 <= len(done) < N_IMAGES // SHARD and not (folder / "manifest.json").exists()
+    before = _shard_stats(folder)
+    finished = {k: v for k, v in before.items() if k.split(".")[0] in {d.split(".")[0] for d in done}}
+
+    proc = _run_script(tmp_path, images, cache_dir, 1)
+    out = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 0, out
+    after = _shard_stats(folder)
+    assert {k: after[k] for k in finished} == finished  # finished shards untouched: same inode and mtime
+    resumed = TeacherCache.open(folder, expected_fingerprint=reference.manifest["teacher"]["fingerprint"])
+    _assert_same(resumed, reference)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path, images, reference):
+    cache_dir = tmp_path / "cache"
+    proc = _run_script(tmp_path, images, cache_dir, 2)
+    out = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 0, out
+    folder = cache_dir / reference.path.relative_to(reference.path.parents[3])
+    two = TeacherCache.open(folder, expected_fingerprint=reference.manifest["teacher"]["fingerprint"],
+                            expected_source=reference.manifest["source"]["identity"])
+    _assert_same(two, reference)
+    assert {s["rank"] for s in two.manifest["shards"]} == {0, 1}  # both workers computed shards
