@@ -223,13 +223,16 @@ def evaluate_teacher(
             name = label_map or DEFAULT_LABEL_MAPS.get(data.dataset)
             if name is None:
                 raise ConfigError(f"No default label map for dataset {data.dataset!r}; pass --label_map cifar10|stl10|PATH.json")
-            module, x = H.LabelMapHead(H.load_label_map(name, classes)), logits
+            module, x = H.load_label_map(name, classes), logits
         else:
-            module, x = _linear_probe(H, splits, caches, classes, out_dir, train_probe, model.embed_dim), emb
+            module, probe_report = _linear_probe(H, splits, caches, classes, out_dir, train_probe)
+            x = emb
         with torch.no_grad():
             pred = module.float().eval()(torch.from_numpy(x))  # [N, C]
         r = evaluate_logits(pred, labels, classes)
         r["seconds"] = round(time.perf_counter() - t0, 3)
+        if kind == "linear":
+            r["probe"] = probe_report  # weight decay chosen on val: its val accuracy is optimistic
         if out_dir is not None:
             png = plot_confusion(r["confusion"], classes, out_dir / f"confusion_{kind}_{split}.png",
                                  f"{teacher.model} {kind} head, {split}: {100 * r['acc']:.2f}%")
@@ -242,24 +245,22 @@ def evaluate_teacher(
     return results
 
 
-def _linear_probe(H, splits, caches, classes, out_dir: Path | None, retrain: bool, embed_dim: int):
-    """The saved probe in ``out_dir``, or a new one trained on cached ``train`` embeddings, selected on ``val``."""
-    if out_dir is not None and not retrain and (out_dir / "head.json").exists():
-        return H.load_head(out_dir)
-    if "train" not in splits.parts:
-        raise DataError("The linear probe needs a 'train' split; this dataset has none")
+def _linear_probe(H, splits, caches, classes, out_dir: Path | None, retrain: bool) -> tuple[torch.nn.Module, dict]:
+    """The probe saved in ``out_dir/probe``, or a new one trained on cached ``train`` embeddings, selected on ``val``."""
+    saved = out_dir / "probe" if out_dir is not None else None
+    if saved is not None and not retrain and (out_dir / "probe.json").is_file():
+        return H.load_head(saved), {**storage.read_json(out_dir / "probe.json"), "loaded_from": str(saved)}
+    for name in ("train", "val"):
+        if name not in splits.parts:
+            raise DataError(f"The linear probe needs a {name!r} split (data.val_fraction > 0 for val); "
+                            f"this dataset has {', '.join(splits.parts)}")
     x_tr, _, y_tr, _ = _cached_split(splits, caches, "train")
-    x_va, y_va = (None, None)
-    if "val" in splits.parts:
-        x_va, _, y_va, _ = _cached_split(splits, caches, "val")
-    keep = y_tr >= 0
-    probe = H.train_linear_probe(torch.from_numpy(x_tr[keep]), torch.from_numpy(y_tr[keep]),
-                                 torch.from_numpy(x_va) if x_va is not None else None,
-                                 torch.from_numpy(y_va) if y_va is not None else None,
-                                 class_names=classes)
-    if out_dir is not None:
-        H.save_head(probe, out_dir)
-    return probe
+    x_va, _, y_va, _ = _cached_split(splits, caches, "val")
+    keep = y_tr >= 0  # labels hidden by data.labeled_per_class are not training labels
+    probe, report = H.train_linear_probe(x_tr[keep], y_tr[keep], x_va, y_va, num_classes=len(classes))
+    if saved is not None:
+        H.save_head(probe, saved, manifest={"probe": report, "class_names": list(classes)})
+    return probe, report
 
 
 def teacher_command(
@@ -320,7 +321,9 @@ def load_student(run: str | os.PathLike, device: str | torch.device = "cpu") -> 
     if manifest.get("target") == "embedding":
         from edgedistill import heads as H
 
-        model = torch.nn.Sequential(model, H.load_head(run))  # [B, D] -> [B, C]
+        # train.py saves the head of an embedding student with heads.save_head(head, <base>)
+        base = run / "head" if (run / "head.json").is_file() else run
+        model = torch.nn.Sequential(model, H.load_head(base))  # [B, D] -> [B, C]
     return model.to(device).eval(), manifest
 
 
