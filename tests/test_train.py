@@ -1,0 +1,220 @@
+"""Training end to end on a tiny synthetic ImageFolder: run directory, resume after a kill, NaN stop, DDP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+from edgedistill import storage
+from edgedistill.config import DataConfig, TeacherConfig
+from edgedistill.errors import ConfigError
+from edgedistill.module import CachedTargets, DistillModule, NonFiniteLossError, warmup_cosine
+from edgedistill.students import create_student
+from edgedistill.train import TrainConfig, train
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+
+CLASSES = ("cat", "dog", "ship")
+COLOURS = {"cat": (220, 40, 40), "dog": (40, 220, 40), "ship": (40, 40, 220)}
+
+
+def write_folder(root: Path, n_train: int = 8, n_test: int = 3) -> Path:
+    """``root/{train,test}/<class>/NN.png``: 16x16 images coloured by class plus noise."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for c in CLASSES:
+            (root / split / c).mkdir(parents=True)
+            for k in range(n):
+                noise = rng.integers(-40, 40, (16, 16, 3))
+                Image.fromarray(np.clip(np.array(COLOURS[c]) + noise, 0, 255).astype(np.uint8)).save(root / split / c / f"{k:02d}.png")
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return write_folder(tmp_path / "data")
+
+
+def _cfgs(folder: Path, out: Path, **train_kw):
+    data = DataConfig(dataset="imagefolder", root=str(folder), val_fraction=0.25)
+    kw = dict(student="test_resnet", image_size=16, epochs=2, batch_size=6, num_workers=0, lr=0.05,
+              warmup_epochs=0.5, out_dir=str(out), name="run")
+    kw.update(train_kw)
+    return data, TeacherConfig(), TrainConfig(**kw)
+
+
+def test_train_writes_run_directory(folder: Path, tmp_path: Path) -> None:
+    data, teacher, cfg = _cfgs(folder, tmp_path / "runs", eval_test=True)
+    run = train(data, teacher, cfg)
+    for f in ("config.yaml", "metrics.json", "student.safetensors", "student.json", "checkpoints/last.ckpt",
+              "logs/metrics.csv"):
+        assert (run / f).is_file(), f
+    assert list((run / "logs").glob("events.out.tfevents.*")), "TensorBoard log missing"
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["student"] == "test_resnet"
+
+    m = storage.read_json(run / "metrics.json")
+    assert m["finished"] is True and m["epochs_completed"] == 2 and len(m["history"]) == 2
+    assert m["n_train"] == 18 and m["n_val"] == 6 and m["selected_on"] == "val/acc"
+    assert [h["epoch"] for h in m["history"]] == [0, 1] and m["history"][1]["step"] == 6  # 18 imgs / 6 per batch
+    assert m["best_val_acc"] == max(h["val_acc"] for h in m["history"])
+    assert m["best_epoch"] == next(h["epoch"] for h in m["history"] if h["val_acc"] == m["best_val_acc"])
+    assert 0.0 <= m["test_acc"] <= 1.0
+    assert m["elapsed_s"] > 0 and m["images_per_s"] > 0
+    assert all(np.isfinite(h["train_loss"]) and h["train_loss"] == h["train_ce"] for h in m["history"])
+    # the cosine schedule ends at lr 0
+    assert m["history"][-1]["lr"] == pytest.approx(0.0, abs=1e-9)
+
+    # the exported student is the *best* checkpoint and reproduces its val accuracy
+    man = storage.read_json(run / "student.json")
+    assert man["arch"] == "test_resnet" and man["num_outputs"] == 3 and man["class_names"] == list(CLASSES)
+    assert man["view"]["image_size"] == 16 and man["checkpoint"] == m["best_checkpoint"]
+    student = create_student(man["arch"], man["num_outputs"], small_input=man["small_input"])
+    student.load_state_dict(load_file(str(run / "student.safetensors")))
+    student.eval()
+    from edgedistill.data import build_splits, eval_transform, student_view
+
+    splits = build_splits(data)
+    ds = splits.dataset("val", eval_transform(student_view(16)))
+    items = [ds[i] for i in range(len(ds))]
+    with torch.no_grad():
+        pred = student(torch.stack([it["image"] for it in items])).argmax(1)
+    acc = (pred == torch.tensor([it["label"] for it in items])).float().mean().item()
+    assert acc == pytest.approx(m["best_val_acc"], abs=1e-6)
+
+
+def test_existing_run_needs_resume(folder: Path, tmp_path: Path) -> None:
+    data, teacher, cfg = _cfgs(folder, tmp_path / "runs", epochs=1, max_steps=1)
+    train(data, teacher, cfg)
+    with pytest.raises(ConfigError, match="already holds a checkpoint.*resume"):
+        train(data, teacher, cfg)
+
+
+class Killed(Exception):
+    """Stands in for SIGKILL in the middle of a run."""
+
+
+def test_resume_after_kill_continues_from_saved_epoch(folder: Path, tmp_path: Path, monkeypatch) -> None:
+    data, teacher, cfg = _cfgs(folder, tmp_path / "runs", epochs=3)
+    started: list[tuple[int, int]] = []
+
+    def on_train_epoch_start(self):
+        started.append((self.current_epoch, self.global_step))
+        if self.current_epoch == 1 and kill:
+            raise Killed  # after epoch 0's checkpoint, before any step of epoch 1
+
+    monkeypatch.setattr(DistillModule, "on_train_epoch_start", on_train_epoch_start, raising=False)
+    kill = True
+    with pytest.raises(Killed):
+        train(data, teacher, cfg)
+    run = tmp_path / "runs" / "run"
+    first = storage.read_json(run / "metrics.json")
+    assert first["finished"] is False and len(first["history"]) == 1
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
+
+    kill, started[:] = False, []
+    cfg.resume = True
+    train(data, teacher, cfg)
+    assert started == [(1, 3), (2, 6)]  # continued at epoch 1, step 3: epoch 0 was not redone
+    m = storage.read_json(run / "metrics.json")
+    assert m["finished"] is True and [h["epoch"] for h in m["history"]] == [0, 1, 2]
+    assert m["history"][0] == first["history"][0]  # the killed session's history survives
+    assert m["elapsed_s"] >= first["elapsed_s"]
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(folder: Path, tmp_path: Path, monkeypatch) -> None:
+    data, teacher, cfg = _cfgs(folder, tmp_path / "runs", epochs=3)
+    compute = DistillModule.compute_loss
+
+    def nan_from_epoch_1(self, batch):
+        parts = compute(self, batch)
+        if self.current_epoch >= 1:
+            parts["loss"] = parts["loss"] * float("nan")
+        return parts
+
+    monkeypatch.setattr(DistillModule, "compute_loss", nan_from_epoch_1)
+    with pytest.raises(NonFiniteLossError, match=r"Non-finite training loss at epoch 1.*last good checkpoint stays"):
+        train(data, teacher, cfg)
+    last = tmp_path / "runs" / "run" / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=False)
+    assert ckpt["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert storage.read_json(last.parents[1] / "metrics.json")["finished"] is False
+
+
+def test_train_config_errors_name_the_flag() -> None:
+    with pytest.raises(ConfigError, match="train.target='soft'"):
+        TrainConfig(target="soft")
+    with pytest.raises(ConfigError, match="train.head='label_map'.*embedding student"):
+        TrainConfig(target="embedding", head="label_map")
+    with pytest.raises(ConfigError, match="train.views=4.*aug=true"):
+        TrainConfig(views=4, aug=False)
+    with pytest.raises(ConfigError, match="test split"):
+        TrainConfig(train_split="train+test")
+    with pytest.raises(ConfigError, match="train.feature_loss='l2'"):
+        TrainConfig(feature_loss="l2")
+
+
+def test_cached_targets_gather_mixed_sources_and_views() -> None:
+    a = torch.arange(4 * 2 * 3, dtype=torch.float32).reshape(4, 2, 3)  # source a: N=4, K=2 views, C=3
+    b = -torch.arange(5 * 2 * 3, dtype=torch.float32).reshape(5, 2, 3)
+    provider = CachedTargets({"a": a, "b": b})
+    batch = {"source": ["b", "a", "b"], "index": torch.tensor([4, 1, 0]), "view": torch.tensor([1, 0, 1])}
+    out = provider(batch, torch.device("cpu"))
+    assert torch.equal(out, torch.stack([b[4, 1], a[1, 0], b[0, 1]]))
+    with pytest.raises(ConfigError, match="views"):
+        provider({"source": ["a"], "index": torch.tensor([0]), "view": torch.tensor([-1])}, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="'c'"):
+        provider({"source": ["c"], "index": torch.tensor([0])}, torch.device("cpu"))
+
+
+def test_response_kd_step_pulls_student_towards_teacher() -> None:
+    torch.manual_seed(0)
+    teacher_logits = torch.randn(8, 3) * 5
+    module = DistillModule(create_student("test_resnet", 3), target="logits", num_classes=3,
+                           targets=CachedTargets({"s": teacher_logits}), temperature=2.0, optimizer="adamw", lr=1e-2)
+    batch = {"image": torch.randn(8, 3, 16, 16), "label": torch.full((8,), -1), "source": ["s"] * 8,
+             "index": torch.arange(8)}
+    opt = torch.optim.AdamW(module.student.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        parts = module.compute_loss(batch)
+        assert parts["ce"] == 0  # no labels in the batch
+        opt.zero_grad()
+        parts["loss"].backward()
+        opt.step()
+        losses.append(parts["kd"].item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_warmup_cosine_schedule() -> None:
+    f = warmup_cosine(warmup_steps=4, total_steps=14)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(9) == pytest.approx(0.5) and f(14) == pytest.approx(0.0)
+    assert warmup_cosine(0, 10, "constant")(7) == 1.0
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "edgedistill.cli", "train", "--data.dataset", "imagefolder", "--data.root", str(folder),
+           "--data.val_fraction", "0.25", "--train.student", "test_resnet", "--train.image_size", "16",
+           "--train.epochs", "1", "--train.batch_size", "3", "--train.num_workers", "0", "--train.devices", "2",
+           "--train.accelerator", "cpu", "--train.out_dir", str(out), "--train.name", "ddp"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EDGEDISTILL_NO_PROGRESS": "1"}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = storage.read_json(out / "ddp" / "metrics.json")
+    assert m["finished"] and m["devices"] == 2
+    # 18 training images over 2 processes x 3 per batch: 3 steps each, not 6
+    assert m["history"][0]["step"] == 3
+    assert (out / "ddp" / "student.safetensors").is_file()
