@@ -1,0 +1,186 @@
+"""Heads: golden values for text and label-map heads, probe selection on val, save/load round trips."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.data import ImageNetInfo
+
+from edgedistill.errors import ConfigError, EdgeDistillError
+from edgedistill.heads import (
+    LabelMapHead,
+    LinearProbe,
+    TextHead,
+    build_text_head,
+    load_head,
+    load_label_map,
+    save_head,
+    train_linear_probe,
+)
+from edgedistill.teachers.openclip import create_openclip_teacher
+
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+STL10 = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+TINY = "edgedistill-tiny-heads-test"
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clip_cfg")
+    cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1},
+    }
+    (d / f"{TINY}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(d)
+    torch.manual_seed(0)
+    return create_openclip_teacher(TINY, None)
+
+
+def test_text_head_is_scaled_cosine():
+    head = TextHead(torch.tensor([[1.0, 0.0], [0.0, 2.0]]), logit_scale=100.0)
+    logits = head(torch.tensor([[3.0, 4.0], [-2.0, 0.0]]))
+    torch.testing.assert_close(logits, torch.tensor([[60.0, 80.0], [-100.0, 0.0]]))
+
+
+def test_build_text_head_tutorial_and_ensemble(tiny_clip):
+    head = build_text_head(tiny_clip, ["cat", "airplane"], templates="tutorial")
+    expected = F.normalize(tiny_clip.encode_text(["a cat", "an airplane"]), dim=-1)
+    torch.testing.assert_close(head.text_embeddings, expected, atol=1e-5, rtol=1e-5)
+    assert head.logit_scale == pytest.approx(tiny_clip.logit_scale)
+
+    ens = build_text_head(tiny_clip, ["cat", "sports_car"], templates="ensemble")
+    n = len(open_clip.OPENAI_IMAGENET_TEMPLATES)
+    prompts = [t("sports car") for t in open_clip.OPENAI_IMAGENET_TEMPLATES]
+    manual = F.normalize(F.normalize(tiny_clip.encode_text(prompts), dim=-1).mean(0), dim=-1)
+    assert n == 80 and ens.text_embeddings.shape == (2, 16)
+    torch.testing.assert_close(ens.text_embeddings[1], manual, atol=1e-5, rtol=1e-5)
+    emb = torch.randn(4, 16, requires_grad=True)
+    ens(emb).sum().backward()  # usable on a student's output
+    assert emb.grad is not None
+    with pytest.raises(ConfigError, match="bogus"):
+        build_text_head(tiny_clip, ["cat"], templates="bogus")
+
+
+def test_build_text_head_needs_text_teacher():
+    class NoText:
+        name, has_text = "tf_efficientnet_lite0", False
+
+    with pytest.raises(EdgeDistillError, match="no text encoder"):
+        build_text_head(NoText(), ["cat"])
+
+
+def test_label_map_head_sums_probabilities():
+    head = LabelMapHead([[0, 1], [2]], num_teacher_classes=3)
+    logits = torch.log(torch.tensor([[1.0, 2.0, 3.0], [6.0, 3.0, 1.0]])) + 5.0  # probs [1,2,3]/6 and [6,3,1]/10
+    out = head(logits)
+    torch.testing.assert_close(out.exp(), torch.tensor([[0.5, 0.5], [0.9, 0.1]]))
+    with pytest.raises(ConfigError, match="1000"):
+        LabelMapHead([[1000]])
+
+
+@pytest.mark.parametrize("name,classes", [("cifar10", CIFAR10), ("stl10", STL10)])
+def test_shipped_label_maps(name, classes):
+    head = load_label_map(name, list(reversed(classes)))  # order follows class_names, not the file
+    groups = dict(zip(reversed(classes), head.groups))
+    flat = [i for g in head.groups for i in g]
+    assert len(flat) == len(set(flat)), "a teacher class may vote for one target class only"
+    desc = ImageNetInfo().index_to_description
+    assert groups["cat"] == [281, 282, 283, 284, 285]
+    assert all("cat" in desc(i) for i in groups["cat"])
+    assert desc(groups["dog"][0]) == "Chihuahua" and len(groups["dog"]) == 118
+    assert {"airliner", "warplane, military plane"} <= {desc(i) for i in groups["airplane"]}
+    assert {"impala, Aepyceros melampus", "gazelle"} <= {desc(i) for i in groups["deer"]}
+    assert "sorrel" in {desc(i) for i in groups["horse"]}
+    assert "container ship, containership, container vessel" in {desc(i) for i in groups["ship"]}
+    assert "fire engine, fire truck" in {desc(i) for i in groups["truck"]}
+    car = groups["automobile" if name == "cifar10" else "car"]
+    assert {"sports car, sport car", "convertible", "cab, hack, taxi, taxicab"} <= {desc(i) for i in car}
+    if name == "stl10":
+        assert all(369 <= i <= 384 for i in groups["monkey"]) and "baboon" in {desc(i) for i in groups["monkey"]}
+
+
+def test_label_map_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"\['monkey'\]"):
+        load_label_map("cifar10", ["cat", "monkey"])
+    with pytest.raises(ConfigError, match="cifar10, stl10"):
+        load_label_map("imagenet21k", ["cat"])
+    p = tmp_path / "mine.json"
+    p.write_text(json.dumps({"Pet_Cat": [281], "dog": [151, 152]}))
+    assert load_label_map(str(p), ["pet cat", "dog"]).groups == [[281], [151, 152]]
+
+
+def _blobs(n_per_class: int, seed: int, dim: int = 16, classes: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.eye(dim)[:classes] * 4.0
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    return centers[y] + torch.randn(len(y), dim, generator=g), y
+
+
+def test_probe_learns_separable_data():
+    x, y = _blobs(40, 0)
+    vx, vy = _blobs(20, 1)
+    tx, ty = _blobs(50, 2)
+    probe, report = train_linear_probe(x.numpy(), y.numpy(), vx, vy, weight_decays=(0.0, 1e-3), epochs=50, seed=0)
+    acc = (probe(tx).argmax(1) == ty).float().mean().item()
+    assert acc > 0.95 and report["val_acc"] > 0.95
+    assert report["weight_decay"] in (0.0, 1e-3) and len(report["sweep"]) == 2 and report["selected_on"] == "val"
+
+
+def test_probe_weight_decay_chosen_on_val_not_train():
+    # Train: 70% class 0, 30% class 1, separable. Val: points that look like class 1 but are labelled 0.
+    # wd=0 fits train perfectly and gets val 0%; a huge wd shrinks W to ~0, leaving the bias (the
+    # class prior, not decayed), so it predicts class 0 everywhere: val 100%, train 70%.
+    x, y = _blobs(10, 0, classes=2)
+    x, y = torch.cat([x[:10], x[:10] + 0.01, x[:4], x[10:]]), torch.cat([y[:10], y[:10], y[:4], y[10:]])
+    vx = _blobs(10, 1, classes=2)[0][10:]
+    vy = torch.zeros(10, dtype=torch.long)
+    probe, report = train_linear_probe(x, y, vx, vy, weight_decays=(0.0, 1e3), epochs=50)
+    sweep = {row["weight_decay"]: row for row in report["sweep"]}
+    assert sweep[0.0]["train_acc"] > sweep[1e3]["train_acc"]
+    assert report["weight_decay"] == 1e3 and report["val_acc"] == 1.0
+
+
+def test_probe_rejects_bad_inputs():
+    x, y = _blobs(5, 0)
+    with pytest.raises(ConfigError, match="validation"):
+        train_linear_probe(x, y, x[:0], y[:0])
+    with pytest.raises(ConfigError, match="unlabeled"):
+        train_linear_probe(x, torch.full_like(y, -1), x, y)
+
+
+@pytest.mark.parametrize("kind", ["text", "label_map", "linear"])
+def test_save_load_round_trip(kind, tmp_path):
+    torch.manual_seed(0)
+    if kind == "text":
+        head, x = TextHead(torch.randn(5, 8), 42.0), torch.randn(3, 8)
+    elif kind == "label_map":
+        head, x = LabelMapHead([[0, 1], [2, 5, 7], [999]]), torch.randn(3, 1000)
+    else:
+        head, x = LinearProbe(8, 4, normalize=False), torch.randn(3, 8)
+        torch.nn.init.normal_(head.linear.bias)
+    path = save_head(head, tmp_path / "heads" / "h", {"teacher_fingerprint": "abc", "classes": ["a", "b"]})
+    assert path.name == "h.safetensors" and (tmp_path / "heads" / "h.json").is_file()
+    manifest = json.loads((tmp_path / "heads" / "h.json").read_text())
+    assert manifest["kind"] == kind and manifest["teacher_fingerprint"] == "abc"
+    for p in (tmp_path / "heads" / "h", path, tmp_path / "heads" / "h.json"):
+        loaded = load_head(p)
+        assert type(loaded) is type(head)
+        torch.testing.assert_close(loaded(x), head(x), atol=0, rtol=0)
+    if kind == "linear":
+        assert loaded.normalize is False
+    with pytest.raises(ConfigError, match="No saved head"):
+        load_head(tmp_path / "nothing")
+
+
+def test_label_map_accuracy_head_on_logits_is_log_prob():
+    head = load_label_map("cifar10", CIFAR10)
+    out = head(torch.randn(4, 1000))
+    assert out.shape == (4, 10) and (out <= 0).all() and (out.exp().sum(1) <= 1 + 1e-5).all()
+    assert not math.isnan(out.sum().item())
