@@ -175,6 +175,8 @@ def test_save_load_round_trip(kind, tmp_path):
         torch.testing.assert_close(loaded(x), head(x), atol=0, rtol=0)
     if kind == "linear":
         assert loaded.normalize is False
+    save_head(head, tmp_path / "run" / "head")
+    torch.testing.assert_close(load_head(tmp_path / "run")(x), head(x), atol=0, rtol=0)  # a run directory
     with pytest.raises(ConfigError, match="No saved head"):
         load_head(tmp_path / "nothing")
 

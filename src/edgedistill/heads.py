@@ -310,7 +310,8 @@ def save_head(head: nn.Module, path_without_ext: str | Path, manifest: dict | No
 
 
 def load_head(path: str | Path) -> nn.Module:
-    """Load a head written by ``save_head``. ``path`` may be the base, the ``.json`` or the ``.safetensors``.
+    """Load a head written by ``save_head``. ``path`` may be the base, the ``.json``, the ``.safetensors``,
+    or a folder holding ``head.{json,safetensors}`` (a training run directory).
 
     Raises:
         ConfigError: Files missing, or an unknown head kind.
@@ -319,6 +320,8 @@ def load_head(path: str | Path) -> nn.Module:
 
     path = Path(path)
     base = path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+    if base.is_dir():
+        base = base / "head"
     json_path, tensors_path = base.with_name(base.name + ".json"), base.with_name(base.name + ".safetensors")
     if not json_path.is_file() or not tensors_path.is_file():
         raise ConfigError(f"No saved head at {str(base)!r}: expected {json_path.name} and {tensors_path.name}")
