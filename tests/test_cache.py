@@ -63,9 +63,9 @@ def _write_images(root: Path, n: int, seed: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def teacher():
-    from edgedistill.cache import _build_teacher
+    from edgedistill.cache import build_teacher
 
-    return _build_teacher(TEACHER_CFG)
+    return build_teacher(TEACHER_CFG)
 
 
 @pytest.fixture(scope="module")

@@ -521,7 +521,8 @@ def sources_of(splits, spec: str) -> list[str]:
     return keys
 
 
-def _build_teacher(teacher_cfg: TeacherConfig):
+def build_teacher(teacher_cfg: TeacherConfig):
+    """``create_teacher`` with torch's RNG fixed, so random-init teachers are identical in every process."""
     from edgedistill.teachers import create_teacher
 
     # random-init teachers (pretrained=None, tests and benchmarks) must get the same weights in
@@ -549,7 +550,7 @@ def _spawn_worker(
         teacher_cfg = dataclasses.replace(teacher_cfg, device="cpu")
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # share the cores instead of oversubscribing
     splits = build_splits(data_cfg)
-    teacher = _build_teacher(teacher_cfg)
+    teacher = build_teacher(teacher_cfg)
     for key in sources_of(splits, split_spec):
         cache_source(teacher, splits.sources[key], cache_dir, rank=rank, world_size=world, **kwargs)
 
@@ -596,12 +597,14 @@ def ensure_cache(
     cache_dir = str(Path(cache_dir).expanduser())
     kwargs = {"views": views, "seed": seed, "shard_size": shard_size, "batch_size": teacher_cfg.batch_size,
               "num_workers": num_workers}
-    if devices > 1:
+    teacher = build_teacher(teacher_cfg) if teacher is None else teacher
+    view = view_name(views, seed)
+    missing = [k for k in keys if not (cache_path(cache_dir, teacher.fingerprint, k, view) / "manifest.json").exists()]
+    if devices > 1 and missing:
         import torch.multiprocessing as mp
 
         # each process computes its rank's shards of every source and exits; we then open the results
         mp.spawn(_spawn_worker, args=(devices, data_cfg, teacher_cfg, split_spec, cache_dir, kwargs), nprocs=devices)
-    teacher = _build_teacher(teacher_cfg) if teacher is None else teacher
     return {key: cache_source(teacher, splits.sources[key], cache_dir, **kwargs) for key in keys}
 
 

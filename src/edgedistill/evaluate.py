@@ -187,11 +187,11 @@ def evaluate_teacher(
         ``{"teacher": {...}, "split", "n", "bad", "heads": {kind: evaluate_logits(...) + "png"}, "table": [rows]}``.
     """
     from edgedistill import heads as H
-    from edgedistill.cache import _build_teacher, ensure_cache
+    from edgedistill.cache import build_teacher, ensure_cache
     from edgedistill.data import build_splits
 
     splits = build_splits(data)
-    model = _build_teacher(teacher)
+    model = build_teacher(teacher)
     kinds = _resolve_heads(head, model)
     need_probe = "linear" in kinds
     out_dir = Path(out) if out is not None else None
