@@ -54,6 +54,7 @@ def test_kl_batchmean_vs_mean_differ_by_class_count() -> None:
     mean = F.kl_div(log_ps, log_pt, reduction="mean", log_target=True)  # the tutorial's reduction
     assert (batchmean / mean).item() == pytest.approx(S.shape[1])
     assert kl_divergence(S, T, 2.0).item() == pytest.approx(batchmean.item() * 4)
+    assert kl_divergence(S, T, 2.0, reduction="mean").item() == pytest.approx(mean.item() * 4)
 
 
 def test_kl_zero_for_identical_and_gradient_only_to_student() -> None:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 import yaml
@@ -21,6 +22,13 @@ from edgedistill.module import CachedTargets, DistillModule, NonFiniteLossError,
 from edgedistill.students import create_student
 from edgedistill.train import TrainConfig, train
 
+# A tiny random-init CLIP (as in test_cache.py): a text tower for text heads, 32-d embeddings.
+open_clip.factory._MODEL_CONFIGS["tiny-test"] = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+TINY_TEACHER = TeacherConfig(kind="openclip", model="tiny-test", pretrained=None, device="cpu", batch_size=16)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
@@ -57,9 +65,9 @@ def test_train_writes_run_directory(folder: Path, tmp_path: Path) -> None:
     data, teacher, cfg = _cfgs(folder, tmp_path / "runs", eval_test=True)
     run = train(data, teacher, cfg)
     for f in ("config.yaml", "metrics.json", "student.safetensors", "student.json", "checkpoints/last.ckpt",
-              "logs/metrics.csv"):
+              "logs/session0/metrics.csv"):
         assert (run / f).is_file(), f
-    assert list((run / "logs").glob("events.out.tfevents.*")), "TensorBoard log missing"
+    assert list((run / "logs" / "session0").glob("events.out.tfevents.*")), "TensorBoard log missing"
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["student"] == "test_resnet"
 
     m = storage.read_json(run / "metrics.json")
@@ -94,7 +102,9 @@ def test_train_writes_run_directory(folder: Path, tmp_path: Path) -> None:
 
 def test_existing_run_needs_resume(folder: Path, tmp_path: Path) -> None:
     data, teacher, cfg = _cfgs(folder, tmp_path / "runs", epochs=1, max_steps=1)
-    train(data, teacher, cfg)
+    run = train(data, teacher, cfg)
+    m = storage.read_json(run / "metrics.json")  # a max_steps stop mid-epoch is still recorded, without val
+    assert m["finished"] and m["history"][0]["step"] == 1 and m["history"][0]["val_acc"] is None
     with pytest.raises(ConfigError, match="already holds a checkpoint.*resume"):
         train(data, teacher, cfg)
 
@@ -129,6 +139,8 @@ def test_resume_after_kill_continues_from_saved_epoch(folder: Path, tmp_path: Pa
     assert m["finished"] is True and [h["epoch"] for h in m["history"]] == [0, 1, 2]
     assert m["history"][0] == first["history"][0]  # the killed session's history survives
     assert m["elapsed_s"] >= first["elapsed_s"]
+    # the first session's CSV log is kept, the resumed one logs beside it
+    assert (run / "logs" / "session0" / "metrics.csv").is_file() and (run / "logs" / "session1" / "metrics.csv").is_file()
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(folder: Path, tmp_path: Path, monkeypatch) -> None:
@@ -149,6 +161,38 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(folder: Path, tmp_
     assert ckpt["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
     assert storage.read_json(last.parents[1] / "metrics.json")["finished"] is False
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        # response KD on K=2 cached augmented views, CE where labels exist
+        dict(target="logits", head="text", views=2, temperature=2.0, ce_weight=0.5),
+        # feature KD with the teacher run online on the same crop
+        dict(target="embedding", head="text", online_teacher=True, feature_loss="cosine"),
+    ],
+    ids=["logits-cached-views", "embedding-online"],
+)
+def test_distillation_runs(folder: Path, tmp_path: Path, kw: dict) -> None:
+    data, _, cfg = _cfgs(folder, tmp_path / "runs", epochs=1, cache_dir=str(tmp_path / "cache"), **kw)
+    run = train(data, TINY_TEACHER, cfg)
+    m = storage.read_json(run / "metrics.json")
+    h = m["history"][0]
+    assert m["finished"] and np.isfinite(h["train_kd"]) and h["train_kd"] > 0
+    # the loss is the weighted sum of its logged parts
+    assert h["train_loss"] == pytest.approx(cfg.kd_weight * h["train_kd"] + cfg.ce_weight * h["train_ce"], rel=1e-4)
+    man = storage.read_json(run / "student.json")
+    assert man["target"] == kw["target"] and man["head"]["kind"] == "text" and man["teacher"]["embed_dim"] == 32
+    if kw["target"] == "embedding":
+        from edgedistill.heads import load_head
+
+        assert man["num_outputs"] == 32
+        head = load_head(run / "head")  # saved beside the student: the run directory is self-contained
+        student = create_student("test_resnet", 32)
+        student.load_state_dict(load_file(str(run / "student.safetensors")))
+        assert head(student.eval()(torch.randn(2, 3, 16, 16))).shape == (2, 3)
+    else:
+        assert man["num_outputs"] == 3 and "aug2" in str(list((tmp_path / "cache").rglob("manifest.json"))[0])
 
 
 def test_train_config_errors_name_the_flag() -> None:

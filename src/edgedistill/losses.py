@@ -37,7 +37,12 @@ def cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_IND
     return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
 
 
-def kl_divergence(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+KD_REDUCTIONS = ("batchmean", "mean")
+
+
+def kl_divergence(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0, reduction: str = "batchmean"
+) -> Tensor:
     """Response distillation: ``T^2 * KL(p_t || p_s)`` averaged over the batch (Hinton et al., 2015).
 
     ``p_t = softmax(t / T)``, ``p_s = softmax(s / T)``,
@@ -57,15 +62,21 @@ def kl_divergence(student_logits: Tensor, teacher_logits: Tensor, temperature: f
         student_logits: ``[B, C]``.
         teacher_logits: ``[B, C]``; no gradient flows into them.
         temperature: Softmax temperature ``T > 0``.
+        reduction: ``batchmean`` (correct); ``mean`` additionally divides by ``C``, as the
+            reference tutorial did; kept only to reproduce its numbers.
 
     Returns:
         Scalar tensor.
     """
     if temperature <= 0:
         raise ConfigError(f"temperature={temperature} must be > 0")
+    if reduction not in KD_REDUCTIONS:
+        raise ConfigError(f"Unknown KD reduction {reduction!r}. Valid: {', '.join(KD_REDUCTIONS)}")
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
     log_p_t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
     kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+    if reduction == "mean":
+        kl = kl / student_logits.shape[-1]
     return kl * temperature**2
 
 
@@ -118,6 +129,7 @@ def response_kd_loss(
     temperature: float = 1.0,
     kd_weight: float = 1.0,
     ce_weight: float = 0.0,
+    reduction: str = "batchmean",
 ) -> dict[str, Tensor]:
     """Response KD plus optional cross-entropy where labels exist.
 
@@ -130,11 +142,12 @@ def response_kd_loss(
         temperature: KD temperature ``T``.
         kd_weight: Weight of the KD term.
         ce_weight: Weight of the CE term (0 skips it).
+        reduction: ``batchmean`` or ``mean`` (see :func:`kl_divergence`).
 
     Returns:
         ``{"loss", "kd", "ce"}``; the parts are detached, ``loss`` carries the gradient.
     """
-    kd = kl_divergence(student_logits, teacher_logits, temperature)
+    kd = kl_divergence(student_logits, teacher_logits, temperature, reduction)
     return _weighted(kd, student_logits, labels, kd_weight, ce_weight)
 
 
@@ -178,6 +191,7 @@ def _weighted(kd: Tensor, logits: Tensor, labels: Tensor, kd_weight: float, ce_w
 
 __all__ = [
     "FEATURE_LOSSES",
+    "KD_REDUCTIONS",
     "cross_entropy",
     "kl_divergence",
     "feature_distance",

@@ -26,7 +26,7 @@ from edgedistill.errors import ConfigError, EdgeDistillError
 from edgedistill.losses import IGNORE_INDEX, cross_entropy, feature_kd_loss, label_loss, response_kd_loss
 
 TARGETS = ("labels", "logits", "embedding")
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "adam")
 SCHEDULES = ("cosine", "constant")
 
 
@@ -125,7 +125,8 @@ class DistillModule(L.LightningModule):
         kd_weight: Weight of the KD (response or feature) term.
         ce_weight: Weight of the cross-entropy on labelled images in KD modes.
         feature_loss: ``mse``, ``mse_normalized`` or ``cosine``.
-        optimizer: ``sgd`` (momentum, Nesterov) or ``adamw``.
+        kd_reduction: ``batchmean`` or ``mean`` (the reference tutorial's; divides by C).
+        optimizer: ``sgd`` (momentum, Nesterov), ``adamw`` or ``adam`` (L2 weight decay; the tutorial's).
         lr: Peak learning rate.
         weight_decay: Decoupled (AdamW) or L2 (SGD) weight decay; not applied to biases and norms.
         momentum: SGD momentum.
@@ -145,6 +146,7 @@ class DistillModule(L.LightningModule):
         kd_weight: float = 1.0,
         ce_weight: float = 0.0,
         feature_loss: str = "mse",
+        kd_reduction: str = "batchmean",
         optimizer: str = "sgd",
         lr: float = 0.1,
         weight_decay: float = 5e-4,
@@ -170,7 +172,8 @@ class DistillModule(L.LightningModule):
         self.targets = targets
         self.target = target
         self.num_classes = num_classes
-        self.loss_args = {"temperature": temperature, "kd_weight": kd_weight, "ce_weight": ce_weight, "feature_loss": feature_loss}
+        self.loss_args = {"temperature": temperature, "kd_weight": kd_weight, "ce_weight": ce_weight, "feature_loss": feature_loss,
+                          "kd_reduction": kd_reduction}
         self.optim_args = {
             "optimizer": optimizer,
             "lr": lr,
@@ -203,7 +206,8 @@ class DistillModule(L.LightningModule):
         teacher = self.targets(batch, x.device)
         if self.target == "logits":
             return response_kd_loss(
-                out, teacher, labels, temperature=a["temperature"], kd_weight=a["kd_weight"], ce_weight=a["ce_weight"]
+                out, teacher, labels, temperature=a["temperature"], kd_weight=a["kd_weight"], ce_weight=a["ce_weight"],
+                reduction=a["kd_reduction"],
             )
         logits = self.head(out)
         return feature_kd_loss(
@@ -218,7 +222,7 @@ class DistillModule(L.LightningModule):
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if not finite:
             self.trainer.should_stop = True
-            values = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+            values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items())
             # Raising (instead of returning None) stops before optimizer.step, so no non-finite
             # weight reaches a checkpoint; Lightning tears down and re-raises this exception.
             raise NonFiniteLossError(
@@ -254,8 +258,10 @@ class DistillModule(L.LightningModule):
         groups = [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
         if o["optimizer"] == "sgd":
             opt = torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], nesterov=o["momentum"] > 0)
-        else:
+        elif o["optimizer"] == "adamw":
             opt = torch.optim.AdamW(groups, lr=o["lr"])
+        else:
+            opt = torch.optim.Adam(groups, lr=o["lr"])
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(o["warmup_steps"], total, o["schedule"]))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -9,7 +9,7 @@ A run directory ``<out_dir>/<name>/`` holds::
     student.json           its manifest: arch, num_outputs, small_input, target, head, view, classes
     head.safetensors/json  the frozen head of an embedding student (heads.save_head)
     checkpoints/           Lightning checkpoints: best-*.ckpt and last.ckpt (every epoch)
-    logs/                  CSV and TensorBoard logs
+    logs/session<k>/       CSV and TensorBoard logs, one folder per (resumed) session
 
 ``train.resume=True`` continues from ``checkpoints/last.ckpt`` (epoch, step, optimizer,
 schedule and history included).
@@ -17,6 +17,7 @@ schedule and history included).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -38,7 +39,7 @@ from torch.utils.data import DataLoader
 from edgedistill import storage
 from edgedistill.config import DataConfig, TeacherConfig
 from edgedistill.errors import ConfigError, DataError
-from edgedistill.losses import FEATURE_LOSSES
+from edgedistill.losses import FEATURE_LOSSES, KD_REDUCTIONS
 from edgedistill.module import (
     OPTIMIZERS,
     SCHEDULES,
@@ -78,6 +79,10 @@ class TrainConfig:
     """Split that selects the best checkpoint (validation accuracy); never the test split."""
     image_size: int = 96
     """Student input resolution in pixels."""
+    mean: list[float] | None = None
+    """Student input normalisation mean (3 values); None: ImageNet's. The tutorial used 0.5."""
+    std: list[float] | None = None
+    """Student input normalisation std (3 values); None: ImageNet's. The tutorial used 0.25."""
     aug: bool = True
     """Random-resized-crop and horizontal flip on training images; teacher targets follow the same crop."""
     views: int | None = None
@@ -92,8 +97,12 @@ class TrainConfig:
     """Weight of the cross-entropy on labelled images in KD runs (0: distillation only)."""
     feature_loss: str = "mse"
     """Feature-KD distance: mse (raw embeddings), mse_normalized or cosine."""
+    kd_reduction: str = "batchmean"
+    """KL reduction: batchmean (correct); mean also divides by the class count (the tutorial's, to reproduce it)."""
+    head_logit_scale: float | None = None
+    """Override the text head's logit scale for teacher logits (1.0: the tutorial's raw cosines); None: the teacher's (~100)."""
     optimizer: str = "sgd"
-    """sgd (momentum, Nesterov) or adamw."""
+    """sgd (momentum, Nesterov), adamw, or adam (L2 weight decay, the tutorial's)."""
     lr: float = 0.1
     """Peak learning rate."""
     weight_decay: float = 5e-4
@@ -143,6 +152,14 @@ class TrainConfig:
             raise bad("head", self.head, "an embedding student needs a text or linear head to classify its embedding")
         if self.feature_loss not in FEATURE_LOSSES:
             raise bad("feature_loss", self.feature_loss, f"valid: {', '.join(FEATURE_LOSSES)}")
+        if self.kd_reduction not in KD_REDUCTIONS:
+            raise bad("kd_reduction", self.kd_reduction, f"valid: {', '.join(KD_REDUCTIONS)}")
+        if self.head_logit_scale is not None and (self.head_logit_scale <= 0 or self.head != "text"):
+            raise bad("head_logit_scale", self.head_logit_scale, "it must be > 0 and only applies to head=text")
+        for flag in ("mean", "std"):
+            v = getattr(self, flag)
+            if v is not None and (len(v) != 3 or (flag == "std" and min(v) <= 0)):
+                raise bad(flag, v, "give 3 values (one per RGB channel; std > 0) or null")
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", self.optimizer, f"valid: {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
@@ -241,11 +258,40 @@ def _build_teacher(teacher_cfg: TeacherConfig) -> nn.Module:
         return create_teacher(teacher_cfg)
 
 
-def _teacher_head(cfg: TrainConfig, teacher: nn.Module, classes: list[str]) -> nn.Module:
-    """The frozen head that turns teacher outputs (or an embedding student's output) into class logits."""
+DEFAULT_LABEL_MAPS = {"cifar10": "cifar10", "demo": "cifar10", "stl10": "stl10"}
+
+
+def _teacher_head(cfg: TrainConfig, teacher: nn.Module, classes: list[str], dataset: str) -> nn.Module:
+    """The frozen head that turns teacher outputs (or an embedding student's output) into class logits.
+
+    ``head_path`` names a head saved by ``heads.save_head`` (for label_map it may also be a
+    label-map JSON or shipped map name). Without it: text heads are built from the teacher's
+    text tower, label maps use the dataset's shipped map; linear probes must be given.
+    """
     from edgedistill import heads
 
-    return heads.build_head(cfg.head, teacher, classes, head_path=cfg.head_path)
+    saved = cfg.head_path and Path(cfg.head_path).expanduser().with_suffix("").with_suffix(".safetensors").is_file()
+    if saved:
+        head = heads.load_head(Path(cfg.head_path).expanduser())
+        kind = head.manifest()["kind"]
+        if kind != cfg.head:
+            raise ConfigError(f"train.head_path={cfg.head_path!r} holds a {kind!r} head but train.head={cfg.head!r}")
+    elif cfg.head == "linear":
+        raise ConfigError("train.head='linear' needs train.head_path: a probe saved by 'edgedistill teacher' "
+                          "(heads.save_head), e.g. runs/teacher/linear_probe")
+    elif cfg.head == "text":
+        head = heads.build_text_head(teacher, classes)
+    else:
+        name = cfg.head_path or DEFAULT_LABEL_MAPS.get(dataset)
+        if name is None:
+            raise ConfigError(f"No shipped label map for dataset {dataset!r}; pass train.head_path=<map.json>")
+        head = heads.load_label_map(name, classes)
+    if cfg.head_logit_scale is not None:
+        head.logit_scale = float(cfg.head_logit_scale)
+    n = head.manifest().get("num_classes", len(getattr(head, "groups", classes)))
+    if n != len(classes):
+        raise ConfigError(f"The {cfg.head} head has {n} classes but dataset {dataset!r} has {len(classes)}")
+    return head.requires_grad_(False).eval()
 
 
 @torch.no_grad()
@@ -283,7 +329,7 @@ def _targets(data_cfg: DataConfig, teacher_cfg: TeacherConfig, cfg: TrainConfig,
     if cfg.target == "labels":
         return None, None, {}
     teacher = _build_teacher(teacher_cfg)
-    head = _teacher_head(cfg, teacher, splits.classes)
+    head = _teacher_head(cfg, teacher, splits.classes, data_cfg.dataset)
     head_input = "logits" if cfg.head == "label_map" else "embedding"
     info = {"kind": teacher_cfg.kind, "model": teacher_cfg.model, "fingerprint": teacher.fingerprint,
             "embed_dim": int(teacher.embed_dim), "view": teacher.view.to_dict()}
@@ -362,8 +408,16 @@ class RunHistory(Callback):
             self._train_s = time.perf_counter() - self._epoch_start
             self._record(trainer)
 
-    def _record(self, trainer: L.Trainer) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A max_steps stop mid-epoch skips validation: still record the partial epoch's training.
+        if self._images and (not self.history or self.history[-1]["step"] != trainer.global_step):
+            self._train_s = time.perf_counter() - self._epoch_start
+            self._record(trainer, validated=False)
+
+    def _record(self, trainer: L.Trainer, validated: bool = True) -> None:
         m = {k: float(v) for k, v in trainer.callback_metrics.items() if isinstance(v, Tensor) and v.numel() == 1}
+        if not validated:  # callback_metrics still hold an earlier epoch's val numbers
+            m = {k: v for k, v in m.items() if not k.startswith("val/")}
         images = self._images * trainer.world_size
         entry = {
             "epoch": trainer.current_epoch,
@@ -475,6 +529,12 @@ def train(data: DataConfig, teacher: TeacherConfig, train: TrainConfig) -> Path:
     student = create_student(cfg.student, num_outputs, small_input=cfg.small_input, pretrained=cfg.pretrained)
 
     sview = student_view(cfg.image_size)
+    if cfg.mean is not None or cfg.std is not None:
+        sview = dataclasses.replace(sview, mean=tuple(cfg.mean or sview.mean), std=tuple(cfg.std or sview.std))
+    if cfg.target != "labels" and cfg.aug and not cfg.online_teacher and cfg.views is None:
+        warnings.warn("train.aug=true with cached teacher targets of the plain (uncropped) view: the teacher's target "
+                      "describes the whole image, not the student's crop. For exact targets set train.views=K "
+                      "(K cached crops) or train.online_teacher=true", stacklevel=2)
     tview = None
     if cfg.online_teacher and cfg.target != "labels":
         tview = _teacher_view(teacher_info)
@@ -489,6 +549,7 @@ def train(data: DataConfig, teacher: TeacherConfig, train: TrainConfig) -> Path:
     module = DistillModule(
         student, target=cfg.target, num_classes=len(classes), head=head, targets=provider,
         temperature=cfg.temperature, kd_weight=cfg.kd_weight, ce_weight=cfg.ce_weight, feature_loss=cfg.feature_loss,
+        kd_reduction=cfg.kd_reduction,
         optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
         warmup_steps=round(cfg.warmup_epochs * steps_per_epoch), schedule=cfg.schedule,
     )
@@ -498,6 +559,7 @@ def train(data: DataConfig, teacher: TeacherConfig, train: TrainConfig) -> Path:
         "n_unlabeled": _labels_hidden(splits, cfg.train_split),
         "n_val": _split_size(splits, val_split) if val_split else 0,
         "selected_on": f"{val_split}/acc" if val_split else "last epoch (no val split)",
+        "targets": _targets_kind(cfg),
         "student_params": count_parameters(student),
         "accelerator": accelerator, "precision": precision, "devices": cfg.devices,
     }
@@ -507,16 +569,20 @@ def train(data: DataConfig, teacher: TeacherConfig, train: TrainConfig) -> Path:
         monitor="val/acc" if val_split else None, mode="max", save_top_k=1, save_last=True,
     )
     progress = os.environ.get("EDGEDISTILL_NO_PROGRESS") != "1"
+    # One log folder per session: Lightning's CSVLogger deletes an existing metrics.csv.
+    session = f"session{len(list((run_dir / 'logs').glob('session*')))}" if resume_from else "session0"
     trainer = L.Trainer(
         accelerator=accelerator, devices=cfg.devices, strategy=strategy, precision=precision,
         max_epochs=cfg.epochs, max_steps=cfg.max_steps,
-        logger=[CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="logs", version="")],
+        logger=[CSVLogger(run_dir, name="logs", version=session), TensorBoardLogger(run_dir, name="logs", version=session)],
         callbacks=[history, checkpoint] + ([TQDMProgressBar()] if progress else []),
         enable_progress_bar=progress, log_every_n_steps=min(50, steps_per_epoch),
         num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=run_dir,
     )
     try:
-        trainer.fit(module, dm, ckpt_path=resume_from)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # the frozen head, on purpose
+            trainer.fit(module, dm, ckpt_path=resume_from)
     except NonFiniteLossError as e:
         kept = f"the last good checkpoint stays at {last}" if last.is_file() else "no checkpoint was saved yet"
         raise NonFiniteLossError(f"{e}; training stopped, {kept}") from None
@@ -541,6 +607,16 @@ def _teacher_view(info: dict):
     from edgedistill.data import ViewSpec
 
     return ViewSpec(**info["view"])
+
+
+def _targets_kind(cfg: TrainConfig) -> str:
+    if cfg.target == "labels":
+        return "labels"
+    if cfg.online_teacher:
+        return "online teacher (same crop)" if cfg.aug else "online teacher"
+    if cfg.views:
+        return f"cached, {cfg.views} augmented views"
+    return "cached plain view" + (" (approximate under aug)" if cfg.aug else "")
 
 
 def _split_size(splits, spec: str | None) -> int:
@@ -579,7 +655,7 @@ def _save_student(run_dir: Path, ckpt_path: str, cfg: TrainConfig, num_outputs: 
     if head is not None:
         from edgedistill import heads
 
-        heads.save_head(head, run_dir)
+        heads.save_head(head, run_dir / "head")
     manifest = {
         "arch": cfg.student,
         "num_outputs": num_outputs,
