@@ -12,7 +12,7 @@ from edgedistill import bench as b
 from edgedistill import export as ex
 from edgedistill.errors import ConfigError
 
-TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 
 
@@ -28,7 +28,7 @@ def entries(tmp_path_factory):
     s_path = ex.export_onnx(ex.DeployModel(student), d / "student.onnx", image_size=32, output_names=["logits"],
                             metadata=meta, dynamic_hw=True)
     s = b.BenchEntry(model="student", arch="resnet18", onnx={"fp32": str(s_path)}, resolutions=(32,), native_resolution=32)
-    t = b.tutorial_teacher_entry(d, "tiny-test", TINY_CLIP)
+    t = b.tutorial_teacher_entry(d, "tiny-deploy", TINY_CLIP)
     return s, t
 
 

@@ -17,9 +17,9 @@ from edgedistill import storage
 from edgedistill.config import DataConfig, TeacherConfig
 from edgedistill.errors import EdgeDistillError
 
-TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-open_clip.factory._MODEL_CONFIGS["tiny-test"] = TINY_CLIP
+open_clip.factory._MODEL_CONFIGS["tiny-deploy"] = TINY_CLIP
 CLASSES = ["cat", "dog", "ship"]
 VIEW = {"image_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear"}
 
@@ -69,7 +69,7 @@ def test_parity_failure_names_diff_and_tolerance(student_run, tmp_path):
 
 
 def test_open_clip_tower_export_parity_and_prompt_embeddings(tmp_path):
-    model, meta, teacher = ex.load_teacher_deploy(TeacherConfig(kind="openclip", model="tiny-test", pretrained=None))
+    model, meta, teacher = ex.load_teacher_deploy(TeacherConfig(kind="openclip", model="tiny-deploy", pretrained=None))
     report = ex.export_model(model, meta, tmp_path / "t", prompts=["a cat", "a dog"], teacher=teacher)
     path = tmp_path / "t" / "model.onnx"
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
@@ -90,33 +90,22 @@ def test_prompts_without_teacher_raise(student_run, tmp_path):
         ex.export_model(model, meta, tmp_path / "x", prompts=["a fox"])
 
 
-class _TextHead(nn.Module):
-    """Stand-in for heads.TextHead: cosine logits against class text embeddings."""
+def test_embedding_student_run_dir_head_folded_in(tmp_path):
+    from edgedistill.heads import TextHead, save_head
 
-    def __init__(self, text_embeddings: torch.Tensor, logit_scale: float = 100.0):
-        super().__init__()
-        self.register_buffer("text_embeddings", nn.functional.normalize(text_embeddings, dim=-1))
-        self.logit_scale = logit_scale
-
-    def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale * nn.functional.normalize(emb, dim=-1) @ self.text_embeddings.T
-
-
-def test_embedding_student_head_folded_in(tmp_path):
-    from edgedistill.students import create_student
-
-    head = _TextHead(torch.randn(3, 16))
-    model = ex.DeployModel(create_student("test_resnet", 16), head, ("logits", "embedding")).eval()
-    meta = {"role": "student", "arch": "test_resnet", "target": "embedding", "outputs": ["logits", "embedding"],
-            "view": ex.view_dict(VIEW), "class_names": CLASSES, "logit_scale": 100.0, "dynamic_hw": True}
-    ex.export_model(model, meta, tmp_path / "e", text_embeddings=ex.head_text_embeddings(head))
+    run = make_student_run(tmp_path / "run", num_outputs=16, target="embedding")
+    save_head(TextHead(torch.randn(3, 16), 100.0), run / "head")
+    model, meta = ex.load_student_deploy(run)
+    assert meta["outputs"] == ["logits", "embedding"] and meta["logit_scale"] == 100.0
+    ex.export_model(model, meta, tmp_path / "e", text_embeddings=ex.head_text_embeddings(model.head))
     sess = ex.ort_session(tmp_path / "e" / "model.onnx")
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32), dtype=np.float32)
     logits, emb = sess.run(["logits", "embedding"], {"image": x})
     assert logits.shape == (4, 3) and emb.shape == (4, 16)
     text = np.load(tmp_path / "e" / "model.text_embeddings.npy")
+    assert ex.read_metadata(tmp_path / "e" / "model.onnx")["text"]["names"] == CLASSES
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    np.testing.assert_allclose(logits, 100.0 * unit @ text.T, atol=1e-3)
+    np.testing.assert_allclose(logits, 100.0 * unit @ (text / np.linalg.norm(text, axis=1, keepdims=True)).T, atol=1e-3)
 
 
 def _color_dataset(n_per_class=24, size=32, seed=0):

@@ -16,9 +16,9 @@ from edgedistill.config import TeacherConfig
 from edgedistill.errors import EdgeDistillError
 from edgedistill.predict import collect_images, load_classifier, predict_command
 
-TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-open_clip.factory._MODEL_CONFIGS["tiny-test"] = TINY_CLIP
+open_clip.factory._MODEL_CONFIGS["tiny-deploy"] = TINY_CLIP
 CLASSES = ["cat", "dog", "ship"]
 VIEW = {"image_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear"}
 
@@ -105,7 +105,7 @@ def test_cli_exit_code_and_one_line(student, tmp_path, capsys):
 
 
 def test_prompts_repurpose_embedding_model(tmp_path, images):
-    model, meta, teacher = ex.load_teacher_deploy(TeacherConfig(kind="openclip", model="tiny-test", pretrained=None))
+    model, meta, teacher = ex.load_teacher_deploy(TeacherConfig(kind="openclip", model="tiny-deploy", pretrained=None))
     ex.export_model(model, meta, tmp_path / "t", prompts=["a cat", "a dog"], teacher=teacher)
     path = tmp_path / "t" / "model.onnx"
     # Stored prompts: no teacher needed. Scores are softmax(scale * cos(image, text)).

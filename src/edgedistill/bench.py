@@ -363,7 +363,8 @@ def bench_ratios(rows: list[dict]) -> list[dict]:
     out = []
     for s in (r for r in rows if r["model"] == "student"):
         for t in (r for r in rows if r["model"] in ("teacher", "tutorial_teacher")):
-            same_setting = (s["runtime"], s["precision"], s["batch"]) == (t["runtime"], t["precision"], t["batch"])
+            key = ("runtime", "precision", "batch", "setting")  # "setting": extra options a caller tags rows with
+            same_setting = all(s.get(k) == t.get(k) for k in key)
             if not same_setting:
                 continue
             if s["resolution"] == t["resolution"]:
@@ -375,7 +376,7 @@ def bench_ratios(rows: list[dict]) -> list[dict]:
             out.append({
                 "student": s["arch"], "teacher": t["arch"], "teacher_model": t["model"], "runtime": s["runtime"],
                 "precision": s["precision"], "batch": s["batch"], "student_resolution": s["resolution"],
-                "teacher_resolution": t["resolution"], "comparison": kind,
+                "teacher_resolution": t["resolution"], "comparison": kind, "setting": s.get("setting"),
                 "speedup": s["throughput_ips"] / t["throughput_ips"],
                 "latency_ratio": t["latency_ms_p50"] / s["latency_ms_p50"],
                 "memory_ratio": t["peak_mem_mb"] / max(s["peak_mem_mb"], 1e-6),
@@ -410,14 +411,16 @@ def format_table(rows: list[dict], ratios: list[dict] | None = None) -> str:
     lines = ["## Measured", "", head]
     for r in rows:
         file_mb = f"{r['file_mb']:.1f}" if r.get("file_mb") else "-"
-        lines.append(f"| {r['model']} | {r['arch']} | {r['runtime']} | {r['precision']} | {r['batch']} | {r['resolution']} | "
+        runtime = r["runtime"] + (f" ({r['setting']})" if r.get("setting") else "")
+        lines.append(f"| {r['model']} | {r['arch']} | {runtime} | {r['precision']} | {r['batch']} | {r['resolution']} | "
                      f"{r['throughput_ips']:.1f} | {r['latency_ms_p50']:.2f} | {r['latency_ms_p95']:.2f} | "
                      f"{r['peak_mem_mb']:.1f} | {file_mb} |")
     if ratios:
         lines += ["", "## Student vs teacher (higher is better for the student)", "",
                   "| student | teacher | runtime | precision | batch | res (s/t) | speedup | memory ratio |", "|" + "---|" * 8]
         for q in ratios:
-            lines.append(f"| {q['student']} | {q['teacher']} | {q['runtime']} | {q['precision']} | {q['batch']} | "
+            runtime = q["runtime"] + (f" ({q['setting']})" if q.get("setting") else "")
+            lines.append(f"| {q['student']} | {q['teacher']} | {runtime} | {q['precision']} | {q['batch']} | "
                          f"{q['student_resolution']}/{q['teacher_resolution']} | {q['speedup']:.2f}x | {q['memory_ratio']:.2f}x |")
     lines += ["", "## Reference: the tutorial's published Jetson Orin Nano figures (not measured here)", "",
               "| model | arch | runtime | precision | batch | res | img/s | latency ms | memory MB |", "|" + "---|" * 9]

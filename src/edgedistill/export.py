@@ -234,9 +234,22 @@ def load_student_deploy(path: str | os.PathLike) -> tuple[DeployModel, dict]:
         "dynamic_hw": True,  # CNN students run at any resolution (224 for the tutorial, native for deployment)
         "source": str(Path(path).resolve()),
     }
-    if manifest.get("teacher"):
-        meta["teacher"] = manifest["teacher"]
+    teacher = run_configs(path).get("teacher") or manifest.get("teacher")  # config.yaml also has `pretrained`
+    if teacher and target != "labels":
+        meta["teacher"] = teacher
     return DeployModel(model, head, outputs).eval(), meta
+
+
+def run_configs(path: str | os.PathLike) -> dict:
+    """The resolved configs (``data``, ``teacher``, ``train``) of a training run's ``config.yaml``, or {}."""
+    import yaml
+
+    run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        return {}
+    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def _head_logit_scale(head: nn.Module | None) -> float | None:
@@ -321,15 +334,22 @@ def export_onnx(
     dynamic_axes = {INPUT_NAME: axes, **{name: {0: "batch"} for name in output_names}}
     example = torch.randn(2, 3, image_size, image_size)
     model = model.eval()
-    with storage.atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
-        torch.onnx.export(
-            model, (example,), str(tmp), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=list(output_names), dynamic_axes=dynamic_axes, do_constant_folding=True,
-        )
-        proto = onnx.load(str(tmp))
-        set_metadata(proto, {**metadata, "precision": "fp32", "opset": opset})
-        onnx.save(proto, str(tmp))
+    # nn.MultiheadAttention's inference fast path (eval + frozen weights) traces to
+    # aten::_native_multi_head_attention, which has no ONNX symbolic: trace the plain path.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with storage.atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
+            torch.onnx.export(
+                model, (example,), str(tmp), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+                output_names=list(output_names), dynamic_axes=dynamic_axes, do_constant_folding=True,
+            )
+            proto = onnx.load(str(tmp))
+            set_metadata(proto, {**metadata, "precision": "fp32", "opset": opset})
+            onnx.save(proto, str(tmp))
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return path
 
 
@@ -778,6 +798,8 @@ def export_command(
     """
     if model is None and teacher is None:
         raise ConfigError("Nothing to export: give a student run directory (model=...) and/or --teacher.kind ...")
+    if int8 and teacher is not None and calib_data is None:
+        raise ConfigError("--int8 of a teacher needs real calibration images: give --calib_data (e.g. --calib_data.dataset cifar10)")
     tch = None
     if teacher is not None:
         deploy, meta, tch = load_teacher_deploy(teacher)
@@ -791,8 +813,11 @@ def export_command(
     if model is not None:
         deploy, meta = load_student_deploy(model)
         data = calib_data
-        if data is None and isinstance(_manifest_data(model), dict):
-            data = DataConfig(**_manifest_data(model))
+        if data is None and isinstance(run_configs(model).get("data"), dict):  # the data it was trained on
+            names = {f.name for f in fields(DataConfig)}
+            data = DataConfig(**{k: v for k, v in run_configs(model)["data"].items() if k in names})
+        if int8 and data is None:
+            raise ConfigError("--int8 needs real calibration images: give --calib_data (e.g. --calib_data.dataset cifar10)")
         if tch is None and prompts and meta.get("teacher"):
             from edgedistill.teachers import create_teacher
 
@@ -801,9 +826,3 @@ def export_command(
         export_model(deploy, meta, Path(out) / "student", data=data, int8=int8, fp16=fp16, tensorrt=tensorrt,
                      calib_split=calib_split, calib_size=calib_size, val_split=val_split, opset=opset,
                      tolerance=tolerance, text_embeddings=emb, prompts=prompts, teacher=tch)
-
-
-def _manifest_data(path: str) -> dict | None:
-    manifest = storage.read_json(_student_files(Path(path))[1])
-    data = manifest.get("data")
-    return data if isinstance(data, dict) else None
