@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor, nn
@@ -306,7 +307,7 @@ def _cached_targets(cache, target: str, head: nn.Module | None, head_input: str,
         chunk: Rows per head call.
     """
     if target == "embedding":
-        return torch.from_numpy(_np_float32(cache.embedding))
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(cache.embedding)))  # float16, as cached
     array = cache.embedding if head_input == "embedding" else cache.logits
     if array is None:
         raise ConfigError(f"The cache at {str(cache.path)!r} has no teacher logits; head=label_map needs a classifier teacher")
@@ -456,6 +457,24 @@ class RunHistory(Callback):
         }
 
 
+class StderrProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bars, written to stderr (Lightning uses stdout) so stdout stays for results."""
+
+    def _bar(self, desc: str, position: int, leave: bool) -> Tqdm:
+        return Tqdm(desc=desc, position=position, disable=self.is_disabled, leave=leave, dynamic_ncols=True,
+                    file=sys.stderr, bar_format=self.BAR_FORMAT)
+
+    def init_train_tqdm(self) -> Tqdm:
+        return self._bar(self.train_description, 2 * self.process_position, leave=True)
+
+    def init_validation_tqdm(self) -> Tqdm:
+        main = self.trainer.state.fn != "validate"
+        return self._bar(self.validation_description, 2 * self.process_position + main, leave=not main)
+
+    def init_test_tqdm(self) -> Tqdm:
+        return self._bar("Testing", 2 * self.process_position, leave=True)
+
+
 # ----------------------------------------------------------------------------- the command
 
 
@@ -575,7 +594,7 @@ def train(data: DataConfig, teacher: TeacherConfig, train: TrainConfig) -> Path:
         accelerator=accelerator, devices=cfg.devices, strategy=strategy, precision=precision,
         max_epochs=cfg.epochs, max_steps=cfg.max_steps,
         logger=[CSVLogger(run_dir, name="logs", version=session), TensorBoardLogger(run_dir, name="logs", version=session)],
-        callbacks=[history, checkpoint] + ([TQDMProgressBar()] if progress else []),
+        callbacks=[history, checkpoint] + ([StderrProgressBar()] if progress else []),
         enable_progress_bar=progress, log_every_n_steps=min(50, steps_per_epoch),
         num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=run_dir,
     )
