@@ -250,15 +250,6 @@ class DistillDataModule(L.LightningDataModule):
 # ----------------------------------------------------------------------------- teacher targets
 
 
-def _build_teacher(teacher_cfg: TeacherConfig) -> nn.Module:
-    from edgedistill.teachers import create_teacher
-
-    # Same fixed seed as the cache builder, so a random-init teacher (tests) matches its cache.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return create_teacher(teacher_cfg)
-
-
 DEFAULT_LABEL_MAPS = {"cifar10": "cifar10", "demo": "cifar10", "stl10": "stl10"}
 
 
@@ -329,7 +320,9 @@ def _targets(data_cfg: DataConfig, teacher_cfg: TeacherConfig, cfg: TrainConfig,
     """Teacher targets and the student head. Returns (provider, head for the student or None, teacher info)."""
     if cfg.target == "labels":
         return None, None, {}
-    teacher = _build_teacher(teacher_cfg)
+    from edgedistill.cache import build_teacher
+
+    teacher = build_teacher(teacher_cfg)  # fixed RNG: a random-init teacher (tests) matches its cache in every rank
     head = _teacher_head(cfg, teacher, splits.classes, data_cfg.dataset)
     head_input = "logits" if cfg.head == "label_map" else "embedding"
     info = {"kind": teacher_cfg.kind, "model": teacher_cfg.model, "fingerprint": teacher.fingerprint,
