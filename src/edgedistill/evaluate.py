@@ -146,8 +146,10 @@ def _cached_split(splits, caches: dict, spec: str) -> tuple[np.ndarray, np.ndarr
 
 
 def _resolve_heads(head: str, teacher) -> list[str]:
+    if "," in head:  # an explicit list, e.g. "label_map,linear"
+        return list(dict.fromkeys(k for h in head.split(",") for k in _resolve_heads(h.strip(), teacher)))
     if head not in TEACHER_HEADS:
-        raise ConfigError(f"Unknown head {head!r}. Valid: {', '.join(TEACHER_HEADS)}")
+        raise ConfigError(f"Unknown head {head!r}. Valid: {', '.join(TEACHER_HEADS)}, or a comma-separated list")
     if head == "auto":
         return ["text"] if teacher.has_text else ["label_map"]
     if head == "all":
@@ -174,7 +176,7 @@ def evaluate_teacher(
         data: the dataset.
         teacher: the teacher.
         head: ``auto`` (text for CLIP, label_map for ImageNet classifiers), ``text``, ``label_map``,
-            ``linear`` or ``all``.
+            ``linear``, ``all``, or a comma-separated list such as ``label_map,linear``.
         templates: prompt templates of the text head (``heads.build_text_head``).
         label_map: label map name (``cifar10``, ``stl10``) or JSON path; None: the dataset's default.
         split: the split evaluated (``val``, ``test``, ...).

@@ -25,7 +25,7 @@ import copy
 import csv
 import io
 import time
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,10 @@ import yaml
 
 from edgedistill import storage
 from edgedistill.config import DataConfig, TeacherConfig
-from edgedistill.errors import ConfigError, EdgeDistillError
+from edgedistill.errors import ConfigError
 
 GRID_KEYS = {"name", "out_dir", "defaults", "teacher", "runs", "description", "cache_dir"}
+TEACHER_KEYS = {"heads", "templates", "label_map", "published"}
 RUN_KEYS = {"name", "data", "teacher", "train", "published", "note"}
 
 
@@ -53,6 +54,9 @@ def load_grid(path: str | Path) -> dict:
     unknown = set(grid) - GRID_KEYS
     if unknown:
         raise ConfigError(f"Unknown key(s) {sorted(unknown)} in {str(path)!r}. Valid: {sorted(GRID_KEYS)}")
+    bad = set(grid.get("teacher") or {}) - TEACHER_KEYS
+    if bad:
+        raise ConfigError(f"Unknown teacher key(s) {sorted(bad)} in {str(path)!r}. Valid: {sorted(TEACHER_KEYS)}")
     names = set()
     for row in grid["runs"]:
         if not isinstance(row, dict) or "name" not in row:
@@ -112,7 +116,6 @@ def run_grid(grid_path: str | Path, *, only: list[str] | None = None, smoke: boo
     Returns:
         The results dict also written to ``results.json``.
     """
-    from edgedistill.evaluate import evaluate_teacher
     from edgedistill.train import train
 
     grid = load_grid(grid_path)
@@ -134,17 +137,24 @@ def run_grid(grid_path: str | Path, *, only: list[str] | None = None, smoke: boo
     d = grid.get("defaults") or {}
     data = _make(DataConfig, _merge(d.get("data", {}), overrides.get("data")), "data")
     teacher = _make(TeacherConfig, _merge(d.get("teacher", {}), overrides.get("teacher")), "teacher")
-    heads = (grid.get("teacher") or {}).get("heads", [])
+    tsec = grid.get("teacher") or {}
+    heads = tsec.get("heads", [])
     probe_path = None
     if heads:
-        res = evaluate_teacher(data, teacher, heads=heads, split="val", test_split=_test_split(grid),
-                               train_probe="linear" in heads, cache_dir=cache_dir, out=str(out / "teacher"))
-        probe_path = res.get("probe_path")
-        published = (grid.get("teacher") or {}).get("published", {})
-        for head, r in res["heads"].items():
+        from edgedistill.evaluate import evaluate_teacher
+
+        teacher_out = out / "teacher"
+        kw = dict(head=",".join(heads), templates=tsec.get("templates", "ensemble"), label_map=tsec.get("label_map"),
+                  cache_dir=cache_dir, out=str(teacher_out))
+        val = evaluate_teacher(data, teacher, split="val", **kw)
+        test = evaluate_teacher(data, teacher, split="test", **kw) if _test_split(grid) else None
+        if "linear" in heads:
+            probe_path = teacher_out / "probe"
+        for head, r in val["heads"].items():
             rows.append({"name": f"teacher_{head}", "kind": "teacher", "arch": teacher.model, "target": head,
-                         "unlabeled": False, "n_unlabeled": 0, "val_acc": r.get("val_acc"),
-                         "test_acc": r.get("test_acc"), "published": published.get(head)})
+                         "unlabeled": False, "n_unlabeled": 0, "val_acc": r["acc"],
+                         "test_acc": test["heads"][head]["acc"] if test else None,
+                         "published": (tsec.get("published") or {}).get(head)})
 
     # 2. Students.
     for row in grid["runs"]:

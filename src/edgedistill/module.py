@@ -72,9 +72,9 @@ class CachedTargets:
                         f"The cache of {src!r} holds {table.shape[1]} augmented views but the batch has no view "
                         "number; train with aug=true and views=K matching the cache"
                     )
-                out[mask] = table[rows, v]
+                out[mask] = table[rows, v].float()
             else:
-                out[mask] = table[rows]
+                out[mask] = table[rows].float()  # embedding tables stay float16 in memory
         return out.to(device, non_blocking=True)
 
     def _table(self, src: str) -> Tensor:
