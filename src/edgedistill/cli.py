@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser, func = build_parser(name)
         try:
-            cfg = parser.parse_args(rest)
+            cfg = parser.parse_args(_positionals_to_flags(func, rest))
         except SystemExit as e:  # --help, or jsonargparse's own exit
             return int(e.code or 0)
         except Exception as e:  # noqa: BLE001 - jsonargparse raises ArgumentError / ValueError on bad flags
@@ -86,6 +86,27 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _positionals_to_flags(func, argv: list[str]) -> list[str]:
+    """Bare arguments fill the function's required parameters in order (``run GRID.yaml``,
+    ``predict MODEL IMG ...``); a required list parameter takes every bare argument that follows."""
+    import inspect
+    import json
+
+    required = [p for p in inspect.signature(func).parameters.values() if p.default is inspect.Parameter.empty]
+    out: list[str] = []
+    rest = list(argv)
+    for p in required:
+        bare = []
+        while rest and not rest[0].startswith("-"):
+            bare.append(rest.pop(0))
+            if not str(p.annotation).startswith("list"):
+                break
+        if not bare:
+            break
+        out += [f"--{p.name}", json.dumps(bare) if str(p.annotation).startswith("list") else bare[0]]
+    return out + rest
 
 
 def _one_line(e: BaseException) -> str:

@@ -1,0 +1,51 @@
+"""The command line: help for every command, and user mistakes as one line with exit status 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from edgedistill.cli import COMMANDS, main
+
+
+def test_top_level_help_lists_every_command(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert f"  {name}" in out
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_command_has_help(name, capsys):
+    assert main([name, "--help"]) == 0
+    assert f"edgedistill {name}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["distil"], "unknown command 'distil'"),
+        (["train", "--train.target", "foo"], "train.target='foo' is invalid; valid: labels, logits, embedding"),
+        (["train", "--data.dataset", "mnist"], "Unknown dataset 'mnist'. Valid: stl10"),
+        (["train", "--train.epochs", "0"], "train.epochs=0 is invalid"),
+        (["cache", "--teacher.kind", "vit"], "Unknown teacher kind 'vit'"),
+        (["run", "no/such/grid.yaml"], "Grid file 'no/such/grid.yaml' does not exist"),
+        (["predict", "no/such/model.onnx", "x.jpg", "y.jpg"], "Input 'x.jpg' does not exist"),
+        (["train", "--no-such-flag", "1"], "no-such-flag"),
+    ],
+)
+def test_user_mistakes_are_one_line_and_exit_2(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+def test_console_script_exit_status_without_traceback(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "edgedistill.cli", "teacher", "--data.val_fraction", "1.5"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert p.returncode == 2
+    assert "data.val_fraction=1.5 is out of range" in p.stderr and "Traceback" not in p.stderr
