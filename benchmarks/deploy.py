@@ -163,6 +163,12 @@ def main() -> None:
         "throughput_ratio_native_int8_vs_teacher_best": s_nat8["throughput_ips"] / max(t_best["throughput_ips"], t8["throughput_ips"]),
         "int8_student_speedup": s8["throughput_ips"] / s_best["throughput_ips"],
         "int8_teacher_speedup": t8["throughput_ips"] / t_best["throughput_ips"],
+        # Like for like, per setting: on a shared machine the spread across settings is mostly noise.
+        "fp32_b8_224_ratio_by_setting": {
+            st: best([r for r in rows if r["setting"] == st], "student", 8, 224, "throughput_ips", "fp32")["throughput_ips"]
+            / best([r for r in rows if r["setting"] == st], "teacher", 8, 224, "throughput_ips", "fp32")["throughput_ips"]
+            for st in sorted({r["setting"] for r in rows})
+        },
         "best_settings": {"student_fp32": s_best["setting"], "teacher_fp32": t_best["setting"],
                           "student_int8": s8["setting"], "teacher_int8": t8["setting"]},
         **quality,

@@ -487,7 +487,12 @@ def quantize_int8(
             warnings.simplefilter("ignore")
             # auto_merge: symbolic shape inference cannot otherwise prove that the dynamic
             # height/width of a CNN stay consistent through strided convolutions.
-            quant_pre_process(str(onnx_path), str(pre), auto_merge=True)
+            try:
+                quant_pre_process(str(onnx_path), str(pre), auto_merge=True)
+            except Exception as e:  # noqa: BLE001 - ORT's symbolic inference asserts on some traced attention reshapes
+                # ONNX's own shape inference is enough for quantization; only the symbolic pass is skipped.
+                _say(f"symbolic shape inference failed ({type(e).__name__}); quantizing with ONNX shape inference only")
+                quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
         with storage.atomic_path(out_path) as tmp:
             quantize_static(
                 str(pre), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
