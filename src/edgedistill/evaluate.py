@@ -300,32 +300,17 @@ def teacher_command(
 # ----------------------------------------------------------------------------- student
 
 
-def load_student(run: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """A trained student and its manifest from a run directory.
+def load_student_classifier(run: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """A trained student mapping ``[B, 3, S, S]`` (``manifest["view"]``) to class logits ``[B, C]``.
 
-    The model maps ``[B, 3, S, S]`` (``manifest["view"]``) to class logits ``[B, C]``: an
-    embedding student is followed by its saved head (``head.safetensors``/``head.json``).
-
-    Raises:
-        EdgeDistillError: ``run`` lacks ``student.json`` / ``student.safetensors``.
+    An embedding student is followed by the head saved beside it (``head.safetensors``/``head.json``).
     """
-    from safetensors.torch import load_file
+    from edgedistill import heads as H
+    from edgedistill.students import load_student
 
-    from edgedistill.students import create_student
-
-    run = Path(run).expanduser()
-    for name in ("student.json", "student.safetensors"):
-        if not (run / name).is_file():
-            raise EdgeDistillError(f"{str(run / name)!r} not found: --run must be a finished training run directory")
-    manifest = storage.read_json(run / "student.json")
-    model = create_student(manifest["arch"], manifest["num_outputs"], small_input=manifest.get("small_input", False))
-    model.load_state_dict(load_file(str(run / "student.safetensors")))
+    model, manifest = load_student(Path(run).expanduser())
     if manifest.get("target") == "embedding":
-        from edgedistill import heads as H
-
-        # train.py saves the head of an embedding student with heads.save_head(head, <base>)
-        base = run / "head" if (run / "head.json").is_file() else run
-        model = torch.nn.Sequential(model, H.load_head(base))  # [B, D] -> [B, C]
+        model = torch.nn.Sequential(model, H.load_head(Path(run).expanduser()))  # [B, D] -> [B, C]
     return model.to(device).eval(), manifest
 
 
@@ -382,7 +367,7 @@ def evaluate_student(
     from edgedistill.teachers import resolve_device
 
     dev = resolve_device(device)
-    model, manifest = load_student(run, dev)
+    model, manifest = load_student_classifier(run, dev)
     classes = list(manifest["class_names"])
     transform = eval_transform(ViewSpec(**manifest["view"]))
     if images is not None:

@@ -37,6 +37,7 @@ from torch import nn
 from edgedistill import storage
 from edgedistill.config import DataConfig, TeacherConfig
 from edgedistill.errors import ConfigError, EdgeDistillError
+from edgedistill.students import load_student  # noqa: F401  (export.load_student is part of this module's API)
 
 META_KEY = "edgedistill"
 INPUT_NAME = "image"
@@ -148,62 +149,12 @@ class DeployModel(nn.Module):
         return out
 
 
-def _student_files(path: Path) -> tuple[Path, Path]:
-    if path.is_dir():
-        return path / "student.safetensors", path / "student.json"
-    if path.suffix == ".safetensors":
-        return path, path.with_suffix(".json") if path.with_suffix(".json").exists() else path.with_name("student.json")
-    raise EdgeDistillError(
-        f"Not a student model: {str(path)!r}. Expected a run directory with student.safetensors + student.json, "
-        "or a student .safetensors file with its .json manifest beside it"
-    )
-
-
 def student_view(manifest: dict) -> dict:
     """The student's eval preprocessing recorded in its manifest (key ``view`` or ``student_view``)."""
     view = manifest.get("view") or manifest.get("student_view")
     if view is None:
         view = {"image_size": manifest.get("image_size", 224)}
     return view_dict(view)
-
-
-def load_student(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """Load a trained student from its run directory or ``student.safetensors`` checkpoint.
-
-    Args:
-        path: run directory (with ``student.safetensors`` and ``student.json``) or the weights file.
-
-    Returns:
-        (model in eval mode mapping [B, 3, H, W] -> [B, num_outputs], manifest dict).
-    """
-    weights, manifest_path = _student_files(Path(path))
-    for f in (weights, manifest_path):
-        if not f.is_file():
-            raise EdgeDistillError(f"Student file {str(f)!r} does not exist; a student needs student.safetensors + student.json")
-    manifest = storage.read_json(manifest_path)
-    if "arch" not in manifest or "num_outputs" not in manifest:
-        raise EdgeDistillError(f"{str(manifest_path)!r} is not a student manifest: it needs 'arch' and 'num_outputs'")
-    try:
-        from edgedistill.students import create_student
-    except ImportError:  # students.py not there yet: plain timm
-        import timm
-
-        def create_student(arch, num_outputs, small_input=False):
-            return timm.create_model(arch, pretrained=False, num_classes=num_outputs)
-
-    model = create_student(manifest["arch"], manifest["num_outputs"], small_input=bool(manifest.get("small_input", False)))
-    from safetensors.torch import load_file
-
-    state = load_file(str(weights))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError:
-        # Checkpoints saved from a wrapper carry a prefix ("model.", "student.").
-        prefixes = {k.split(".", 1)[0] for k in state}
-        if len(prefixes) != 1:
-            raise
-        model.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items()})
-    return model.eval(), manifest
 
 
 def load_head(run_dir: str | os.PathLike) -> nn.Module | None:

@@ -8,12 +8,14 @@ teacher's width (``num_outputs = D``, feature distillation), which a frozen teac
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 
 import timm
 from torch import nn
 
-from edgedistill.errors import ConfigError, WeightsNotFoundError
+from edgedistill import storage
+from edgedistill.errors import ConfigError, EdgeDistillError, WeightsNotFoundError
 
 
 def create_student(
@@ -101,4 +103,46 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["create_student", "count_parameters"]
+def _student_files(path: Path) -> tuple[Path, Path]:
+    if path.is_dir():
+        return path / "student.safetensors", path / "student.json"
+    if path.suffix == ".safetensors":
+        return path, path.with_suffix(".json") if path.with_suffix(".json").exists() else path.with_name("student.json")
+    raise EdgeDistillError(
+        f"Not a student model: {str(path)!r}. Expected a run directory with student.safetensors + student.json, "
+        "or a student .safetensors file with its .json manifest beside it"
+    )
+
+
+def load_student(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """Load a trained student from its run directory or ``student.safetensors`` checkpoint.
+
+    Args:
+        path: run directory (with ``student.safetensors`` and ``student.json``) or the weights file.
+
+    Returns:
+        (model in eval mode mapping [B, 3, H, W] -> [B, num_outputs], manifest dict).
+    """
+    weights, manifest_path = _student_files(Path(path))
+    for f in (weights, manifest_path):
+        if not f.is_file():
+            raise EdgeDistillError(f"Student file {str(f)!r} does not exist; a student needs student.safetensors + student.json")
+    manifest = storage.read_json(manifest_path)
+    if "arch" not in manifest or "num_outputs" not in manifest:
+        raise EdgeDistillError(f"{str(manifest_path)!r} is not a student manifest: it needs 'arch' and 'num_outputs'")
+    model = create_student(manifest["arch"], manifest["num_outputs"], small_input=bool(manifest.get("small_input", False)))
+    from safetensors.torch import load_file
+
+    state = load_file(str(weights))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        # Checkpoints saved from a wrapper carry a prefix ("model.", "student.").
+        prefixes = {k.split(".", 1)[0] for k in state}
+        if len(prefixes) != 1:
+            raise
+        model.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items()})
+    return model.eval(), manifest
+
+
+__all__ = ["create_student", "count_parameters", "load_student"]
