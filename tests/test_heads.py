@@ -130,7 +130,7 @@ def test_probe_learns_separable_data():
     probe, report = train_linear_probe(x.numpy(), y.numpy(), vx, vy, weight_decays=(0.0, 1e-3), epochs=50, seed=0)
     acc = (probe(tx).argmax(1) == ty).float().mean().item()
     assert acc > 0.95 and report["val_acc"] > 0.95
-    assert report["weight_decay"] in (0.0, 1e-3) and len(report["sweep"]) == 2 and report["selected_on"] == "val"
+    assert report["weight_decay"] in (0.0, 1e-3) and len(report["sweep"]) == 2 and report["selected_on"] == "val loss"
 
 
 def test_probe_weight_decay_chosen_on_val_not_train():
@@ -145,6 +145,21 @@ def test_probe_weight_decay_chosen_on_val_not_train():
     sweep = {row["weight_decay"]: row for row in report["sweep"]}
     assert sweep[0.0]["train_acc"] > sweep[1e3]["train_acc"]
     assert report["weight_decay"] == 1e3 and report["val_acc"] == 1.0
+    # The same holds when selecting on validation accuracy.
+    _, by_acc = train_linear_probe(x, y, vx, vy, weight_decays=(0.0, 1e3), epochs=50, select_on="acc")
+    assert by_acc["weight_decay"] == 1e3 and by_acc["selected_on"] == "val acc"
+
+
+def test_probe_selection_on_loss_prefers_calibrated_probabilities():
+    # Both fits classify val perfectly; a strong weight decay flattens the probabilities, which
+    # costs validation cross-entropy, so selection on loss keeps the sharper fit.
+    x, y = _blobs(40, 0)
+    vx, vy = _blobs(20, 1)
+    _, report = train_linear_probe(x, y, vx, vy, weight_decays=(0.0, 1.0), epochs=50)
+    sweep = {row["weight_decay"]: row for row in report["sweep"]}
+    assert sweep[0.0]["val_acc"] == sweep[1.0]["val_acc"] == 1.0
+    assert sweep[0.0]["val_loss"] < sweep[1.0]["val_loss"]
+    assert report["weight_decay"] == 0.0
 
 
 def test_probe_rejects_bad_inputs():

@@ -246,8 +246,13 @@ def train_linear_probe(
     seed: int = 0,
     normalize: bool = True,
     num_classes: int | None = None,
+    select_on: str = "loss",
 ) -> tuple[LinearProbe, dict[str, Any]]:
     """Fit a linear probe per weight decay by full-batch L-BFGS and keep the best on validation.
+
+    The probe's probabilities are what response KD distils, so by default the weight decay is
+    chosen by validation cross-entropy (a proper scoring rule: it rewards calibrated, not just
+    correct, probabilities, and is far less noisy than accuracy on a small validation split).
 
     Args:
         train_x: ``[N, D]`` embeddings of the labeled training split (array or tensor; any float dtype).
@@ -260,12 +265,15 @@ def train_linear_probe(
         seed: Seed of the weight initialisation.
         normalize: L2-normalise embeddings before the linear layer (recorded in the probe).
         num_classes: C; None: ``max(label) + 1``.
+        select_on: ``loss`` (validation cross-entropy, ties to higher accuracy) or ``acc``
+            (validation accuracy, ties to lower loss).
 
     Returns:
         The selected probe (CPU, eval mode) and a report: ``weight_decay`` chosen, ``val_acc``,
         ``train_acc``, and ``sweep`` (per weight decay: val and train accuracy, val loss).
-        Ties in val accuracy go to the lower val loss.
     """
+    if select_on not in ("loss", "acc"):
+        raise ConfigError(f"select_on={select_on!r} is invalid; valid: loss, acc")
     x, y = _as_tensor(train_x, torch.float32), _as_tensor(train_y, torch.long)
     vx, vy = _as_tensor(val_x, torch.float32), _as_tensor(val_y, torch.long)
     if x.ndim != 2 or len(x) != len(y) or vx.ndim != 2 or len(vx) != len(vy):
@@ -284,10 +292,10 @@ def train_linear_probe(
             val_loss = float(F.cross_entropy(probe(vx), vy))
         row = {"weight_decay": float(wd), "val_acc": _accuracy(probe, vx, vy), "train_acc": _accuracy(probe, x, y), "val_loss": val_loss}
         sweep.append(row)
-        key = (row["val_acc"], -val_loss)
+        key = (-val_loss, row["val_acc"]) if select_on == "loss" else (row["val_acc"], -val_loss)
         if best_key is None or key > best_key:
             best, best_key, chosen = probe, key, row
-    report = {**chosen, "sweep": sweep, "selected_on": "val", "epochs": epochs, "seed": seed, "normalize": normalize,
+    report = {**chosen, "sweep": sweep, "selected_on": f"val {select_on}", "epochs": epochs, "seed": seed, "normalize": normalize,
               "num_train": len(y), "num_val": len(vy), "num_classes": C}
     return best.eval(), report
 
