@@ -116,7 +116,7 @@ def run_grid(grid_path: str | Path, *, only: list[str] | None = None, smoke: boo
     Returns:
         The results dict also written to ``results.json``.
     """
-    from edgedistill.train import train
+    from edgedistill.train import config_diffs, train
 
     grid = load_grid(grid_path)
     if out_dir:
@@ -169,6 +169,10 @@ def run_grid(grid_path: str | Path, *, only: list[str] | None = None, smoke: boo
         run_dir = Path(tcfg.out_dir) / tcfg.name
         metrics_path = run_dir / "metrics.json"
         if metrics_path.exists() and storage.read_json(metrics_path).get("finished") and not smoke:
+            diffs = config_diffs(run_dir, data, teacher, tcfg)
+            if diffs:  # a finished run of another recipe must not stand in for this row
+                raise ConfigError(f"Run {row['name']!r} in {str(run_dir)!r} finished with other settings "
+                                  f"({'; '.join(diffs)}); delete or move that folder to rerun it")
             print(f"[run] {row['name']}: finished, skipping")
         else:
             tcfg.resume = (run_dir / "checkpoints" / "last.ckpt").exists()

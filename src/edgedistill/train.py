@@ -58,6 +58,9 @@ CACHE_AUG_SEED = 0
 different training seeds share one cache; the training seed still decides which view is drawn."""
 
 
+DEFAULT_MIN_CROP = 0.35  # data.transforms.sample_aug_params' default, which the cached views use
+
+
 @dataclass
 class TrainConfig:
     """How a student is trained."""
@@ -86,6 +89,8 @@ class TrainConfig:
     """Student input normalisation std (3 values); None: ImageNet's. The tutorial used 0.25."""
     aug: bool = True
     """Random-resized-crop and horizontal flip on training images; teacher targets follow the same crop."""
+    min_crop: float = 0.35
+    """Smallest random-resized-crop area, as a fraction of the image (with cached views: the cache's, 0.35)."""
     views: int | None = None
     """K cached augmented views per image (teacher outputs computed once per view); None: the plain cached view."""
     online_teacher: bool = False
@@ -170,6 +175,10 @@ class TrainConfig:
                 raise bad(flag, getattr(self, flag), "it must be >= 1")
         if self.views is not None and self.views < 1:
             raise bad("views", self.views, "it must be >= 1 or null")
+        if not 0.0 < self.min_crop <= 1.0:
+            raise bad("min_crop", self.min_crop, "it must be in (0, 1]")
+        if self.views is not None and self.min_crop != DEFAULT_MIN_CROP:
+            raise bad("min_crop", self.min_crop, f"cached views were cropped with min_crop={DEFAULT_MIN_CROP}; use it or online_teacher")
         if self.views is not None and not self.aug:
             raise bad("views", self.views, "cached augmented views need aug=true")
         if self.views is not None and self.online_teacher:
@@ -510,7 +519,7 @@ def train(data: DataConfig, teacher: TeacherConfig, train: TrainConfig) -> Path:
     from edgedistill.students import count_parameters, create_student
 
     cfg = train
-    run_dir = Path(cfg.out_dir).expanduser() / cfg.run_name()
+    run_dir = Path(cfg.out_dir).expanduser().resolve() / cfg.run_name()  # absolute: Lightning reports absolute paths
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     resume_from = str(last) if cfg.resume and last.is_file() else None
@@ -550,7 +559,8 @@ def train(data: DataConfig, teacher: TeacherConfig, train: TrainConfig) -> Path:
     tview = None
     if cfg.online_teacher and cfg.target != "labels":
         tview = _teacher_view(teacher_info)
-    train_tf = TrainTransform(sview, aug=cfg.aug, seed=CACHE_AUG_SEED, teacher_view=tview, num_views=cfg.views)
+    train_tf = TrainTransform(sview, aug=cfg.aug, seed=CACHE_AUG_SEED, teacher_view=tview, num_views=cfg.views,
+                              scale=(cfg.min_crop, 1.0))
     dm = DistillDataModule(splits, train_split=cfg.train_split, val_split=val_split,
                            test_split="test" if cfg.eval_test else None, train_transform=train_tf,
                            eval_transform=eval_transform(sview), batch_size=cfg.batch_size, num_workers=cfg.num_workers)
@@ -644,16 +654,21 @@ def _labels_hidden(splits, spec: str) -> int:
     return sum(len(p.indices) for name in spec.split("+") for p in splits.parts.get(name.strip(), []) if not p.labeled)
 
 
-def _check_same_config(run_dir: Path, data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> None:
-    """Warn when a resumed run's configs differ from those recorded (the run would mix two setups)."""
+def config_diffs(run_dir: Path, data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> list[str]:
+    """Settings that differ from those recorded in ``run_dir/config.yaml`` (``section.key: old -> new``)."""
     path = run_dir / "config.yaml"
-    if not (cfg.resume and path.is_file()):
-        return
+    if not path.is_file():
+        return []
     old = yaml.safe_load(path.read_text())
     new = {"data": asdict(data), "teacher": asdict(teacher), "train": asdict(cfg)}
-    ignore = {"resume", "num_workers", "epochs", "max_steps"}
-    diffs = [f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {v!r}" for sec, d in new.items() for k, v in d.items()
-             if old.get(sec, {}).get(k) != v and k not in ignore and not isinstance(v, (list, tuple))]
+    ignore = {"resume", "num_workers", "epochs", "max_steps", "out_dir", "cache_dir", "head_path"}
+    return [f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {v!r}" for sec, d in new.items() for k, v in d.items()
+            if old.get(sec, {}).get(k) != v and k not in ignore and not isinstance(v, (list, tuple))]
+
+
+def _check_same_config(run_dir: Path, data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> None:
+    """Warn when a resumed run's configs differ from those recorded (the run would mix two setups)."""
+    diffs = config_diffs(run_dir, data, teacher, cfg) if cfg.resume else []
     if diffs:
         warnings.warn(f"Resuming {str(run_dir)!r} with changed settings: {'; '.join(diffs)}", stacklevel=3)
 
