@@ -60,14 +60,18 @@ def findings(results: dict) -> list[str]:
                    f"probe's accuracy ({_pct(probe)}).")
     rows = {(r["model"], r["precision"], r["batch"]): r for r in results.get("deploy", [])}
     for batch in sorted({r["batch"] for r in results.get("deploy", [])}):
-        st, te, tt = rows.get(("student", "fp32", batch)), rows.get(("teacher", "fp32", batch)), rows.get(
-            ("tutorial_teacher", "fp32", batch))
-        if st and te:
-            line = (f"Batch {batch}: the student runs {st['throughput_ips'] / te['throughput_ips']:.1f}x the demo "
-                    f"teacher's throughput")
+        te, tt = rows.get(("teacher", "fp32", batch)), rows.get(("tutorial_teacher", "fp32", batch))
+        for prec in ("fp32", "int8"):
+            st = rows.get(("student", prec, batch))
+            if not (st and te):
+                continue
+            line = (f"Batch {batch}: the {prec.upper()} student runs {st['throughput_ips'] / te['throughput_ips']:.1f}x "
+                    f"the demo teacher's throughput")
             if tt:
                 line += f" and {st['throughput_ips'] / tt['throughput_ips']:.0f}x the tutorial teacher's"
-            line += f", with {te['peak_mem_mb'] / max(st['peak_mem_mb'], 1e-6):.1f}x less memory than the demo teacher."
+            mem = te["peak_mem_mb"] / max(st["peak_mem_mb"], 1e-6)
+            line += (f", with {mem:.1f}x less memory than the demo teacher." if mem >= 1 else
+                     f", but uses {1 / mem:.1f}x the demo teacher's memory.")
             out.append(line)
     return out
 
@@ -106,6 +110,10 @@ def write_report(results: dict, out_dir: Path) -> Path:
     for r in results.get("deploy", []):
         lines.append(f"| {r['model']} | {r['arch']} | {r['precision']} | {r['batch']} | {r['resolution']} | "
                      f"{r['throughput_ips']:.0f} | {r['latency_ms_p50']:.2f} | {r['peak_mem_mb']:.0f} |")
+    q = results.get("int8") or {}
+    if q.get("fp32_val_acc") is not None and q.get("int8_val_acc") is not None:
+        lines += ["", f"INT8 (static, calibrated on training images) keeps the student's validation accuracy at "
+                      f"{_pct(q['int8_val_acc'])} against {_pct(q['fp32_val_acc'])} in FP32."]
     lines += ["", "`tutorial_teacher` is the OpenCLIP ViT-B-32 image tower, **random-initialised**: speed and "
               "memory do not depend on the weights. Memory is the resident-set growth of a child process "
               "that loads and runs only that model.", "", "![throughput and latency](bench.png)", "",
