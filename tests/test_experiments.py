@@ -69,7 +69,7 @@ def test_tutorial_grid_smoke_on_written_stl10(stl10_root, tmp_path):
     rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     assert set(only) | {"teacher_text", "teacher_linear"} == set(rows)
     for name in only:
-        assert 0.0 <= rows[name]["test_acc"] <= 1.0 and rows[name]["val_acc"] is not None
+        assert 0.0 <= rows[name]["test_acc"] <= 1.0  # two steps end before the first validation
     assert rows["resnet18_linear_train_unlabeled"]["n_unlabeled"] == 7
     md = (out / "results.md").read_text()
     assert "96.88" in md and "57.93" in md  # the tutorial's numbers beside ours
