@@ -33,7 +33,7 @@ def demo_grid_path() -> Path:
 
 def _stamp(paths: list[Path]) -> list:
     """Cheap identity of files a cached step depends on (name, size, mtime)."""
-    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in paths if p.exists()]
+    return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in paths if p.exists()]
 
 
 def _step(msg: str) -> None:

@@ -166,7 +166,7 @@ def run_grid(grid_path: str | Path, *, only: list[str] | None = None, smoke: boo
             if probe_path is None:
                 raise ConfigError(f"Run {row['name']!r} distils the linear probe; add 'linear' to the grid's teacher.heads")
             tcfg.head_path = str(probe_path)
-        run_dir = Path(tcfg.out_dir) / tcfg.name
+        run_dir = Path(tcfg.out_dir).expanduser().resolve() / tcfg.name
         metrics_path = run_dir / "metrics.json"
         if metrics_path.exists() and storage.read_json(metrics_path).get("finished") and not smoke:
             diffs = config_diffs(run_dir, data, teacher, tcfg)
