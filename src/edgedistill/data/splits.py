@@ -197,28 +197,45 @@ class DataSplits:
 # --------------------------------------------------------------------------------------------
 
 
-def _download(name: str, root: Path, fn: Callable[[], Any]) -> None:
+def _find_or_download(name: str, root: Path, cfg: DataConfig, find: Callable[[Path], Path | None],
+                      download: Callable[[], Any], missing: str, expected: str) -> Path:
+    """``find(root)``, else (with ``data.download``) download through torchvision and find again.
+
+    Args:
+        missing: the error when the files are absent and downloading is off.
+        expected: the file a successful download must have left (named in the error otherwise).
+    """
+    found = find(root)
+    if found is not None:
+        return found
+    if not cfg.download:
+        raise DataError(missing)
     try:
-        fn()
+        download()
     except Exception as e:  # noqa: BLE001 - network errors come in many types
         raise DataError(f"Downloading {name} into {root} failed ({type(e).__name__}: {e}). Without internet, "
                         f"put the files there yourself and pass --data.root") from e
+    found = find(root)
+    if found is None:
+        raise DataError(f"{name} download into {root} left no {expected}")
+    return found
+
+
+def _torchvision():
+    import torchvision  # only when downloading: importing it costs a second
+
+    return torchvision
 
 
 def _stl10(cfg: DataConfig) -> tuple[Path, list[Source], list[Source], list[Source]]:
     root = Path(cfg.root).expanduser() if cfg.root else DEFAULT_DATA_DIR / "stl10"
-    d = find_stl10_dir(root)
-    if d is None:
-        if not cfg.download:
-            raise DataError(f"STL10 not found: expected {root / 'stl10_binary'}/{{train_X.bin, train_y.bin, test_X.bin, "
-                            f"test_y.bin, unlabeled_X.bin, class_names.txt}}. Pass --data.download true to download it "
-                            f"(2.6 GB) or --data.root to the folder containing stl10_binary/")
-        import torchvision
-
-        _download("STL10", root, lambda: torchvision.datasets.STL10(str(root), split="train", download=True))
-        d = find_stl10_dir(root)
-        if d is None:
-            raise DataError(f"STL10 download into {root} left no stl10_binary/train_X.bin")
+    d = _find_or_download(
+        "STL10", root, cfg, find_stl10_dir,
+        lambda: _torchvision().datasets.STL10(str(root), split="train", download=True),
+        missing=f"STL10 not found: expected {root / 'stl10_binary'}/{{train_X.bin, train_y.bin, test_X.bin, "
+                f"test_y.bin, unlabeled_X.bin, class_names.txt}}. Pass --data.download true to download it "
+                f"(2.6 GB) or --data.root to the folder containing stl10_binary/",
+        expected="stl10_binary/train_X.bin")
     unlabeled = [STL10Binary(d, "unlabeled")] if (d / "unlabeled_X.bin").is_file() else []
     return d.parent, [STL10Binary(d, "train")], [STL10Binary(d, "test")], unlabeled
 
@@ -233,32 +250,24 @@ def _cifar10(cfg: DataConfig) -> tuple[Path, list[Source], list[Source], list[So
     if pickles is None and root.is_dir() and sorted(p.name for p in root.iterdir() if p.is_dir()) == CIFAR10_CLASSES:
         return root.resolve(), [ImageFolderSource(root, "cifar10/train")], [], []
     if pickles is None:
-        if not cfg.download:
-            raise DataError(f"CIFAR-10 not found under data.root={str(root)!r}: expected cifar-10-batches-py/ (pickles), "
-                            f"train/<class>/*.jpg, or <class>/*.jpg. Pass --data.download true or another --data.root")
-        import torchvision
-
-        _download("CIFAR-10", root, lambda: torchvision.datasets.CIFAR10(str(root), train=True, download=True))
-        pickles = find_cifar10_pickles(root)
-        if pickles is None:
-            raise DataError(f"CIFAR-10 download into {root} left no cifar-10-batches-py/data_batch_1")
+        pickles = _find_or_download(
+            "CIFAR-10", root, cfg, find_cifar10_pickles,
+            lambda: _torchvision().datasets.CIFAR10(str(root), train=True, download=True),
+            missing=f"CIFAR-10 not found under data.root={str(root)!r}: expected cifar-10-batches-py/ (pickles), "
+                    f"train/<class>/*.jpg, or <class>/*.jpg. Pass --data.download true or another --data.root",
+            expected="cifar-10-batches-py/data_batch_1")
     test = [CIFAR10Source(pickles, "test")] if (pickles / "test_batch").is_file() else []
     return pickles, [CIFAR10Source(pickles, "train")], test, []
 
 
 def _fashion_mnist(cfg: DataConfig) -> tuple[Path, list[Source], list[Source], list[Source]]:
     root = Path(cfg.root).expanduser() if cfg.root else DEFAULT_FASHION_MNIST_ROOT
-    d = find_fashion_mnist(root)
-    if d is None:
-        if not cfg.download:
-            raise DataError(f"Fashion-MNIST not found under data.root={str(root)!r}: expected train-images-idx3-ubyte[.gz] "
-                            f"there, in raw/ or FashionMNIST/raw/. Pass --data.download true or another --data.root")
-        import torchvision
-
-        _download("Fashion-MNIST", root, lambda: torchvision.datasets.FashionMNIST(str(root), train=True, download=True))
-        d = find_fashion_mnist(root)
-        if d is None:
-            raise DataError(f"Fashion-MNIST download into {root} left no train-images-idx3-ubyte")
+    d = _find_or_download(
+        "Fashion-MNIST", root, cfg, find_fashion_mnist,
+        lambda: _torchvision().datasets.FashionMNIST(str(root), train=True, download=True),
+        missing=f"Fashion-MNIST not found under data.root={str(root)!r}: expected train-images-idx3-ubyte[.gz] "
+                f"there, in raw/ or FashionMNIST/raw/. Pass --data.download true or another --data.root",
+        expected="train-images-idx3-ubyte")
     has_test = any((d / f"t10k-images-idx3-ubyte{ext}").is_file() for ext in ("", ".gz"))
     test = [FashionMNISTSource(d, "test")] if has_test else []
     return d, [FashionMNISTSource(d, "train")], test, []
