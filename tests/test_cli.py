@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -49,3 +50,17 @@ def test_console_script_exit_status_without_traceback(tmp_path):
                        capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert p.returncode == 2
     assert "data.val_fraction=1.5 is out of range" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_missing_openclip_weights_is_one_line(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "cat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "0.png")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    p = subprocess.run([sys.executable, "-m", "edgedistill.cli", "teacher", "--teacher.model", "ViT-B-32",
+                        "--data.dataset", "imagefolder", "--data.root", str(tmp_path)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=120, env=env)
+    assert p.returncode == 2
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "OpenCLIP weights ViT-B-32/laion2b_s34b_b79k not found" in lines[0], p.stderr

@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: edgedistill {name}: {_one_line(e)}", file=sys.stderr)
             return 2
         cfg.pop("config", None)
-        kwargs = parser.instantiate_classes(cfg)
+        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in 4.49
+        kwargs = instantiate(cfg)
         kwargs.pop("config", None)
         func(**kwargs)
     except EdgeDistillError as e:

@@ -32,6 +32,18 @@ from edgedistill.teachers.base import Teacher, file_sha256, make_fingerprint, st
 
 log = logging.getLogger(__name__)
 
+
+@contextlib.contextmanager
+def _root_log_below(level: int):
+    """Drop log records below ``level`` for the duration (then restore whatever was disabled)."""
+    previous = logging.root.manager.disable
+    logging.disable(level - 1)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 
 
@@ -167,7 +179,8 @@ def create_openclip_teacher(
 
     model = None
     try:
-        with _hub_cache_only():
+        # open_clip logs a cache miss as an error on the root logger; a miss is expected here.
+        with _hub_cache_only(), _root_log_below(logging.CRITICAL):
             model = open_clip.create_model(name, pretrained=pretrained, **kwargs)
     except Exception as e:  # noqa: BLE001 - open_clip wraps hub errors in RuntimeError / FileNotFoundError
         log.info("OpenCLIP %s/%s not in the local cache: %s", name, pretrained, e)
