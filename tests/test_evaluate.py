@@ -86,6 +86,11 @@ def test_teacher_command_end_to_end(tmp_path, capsys):
     again = evaluate_teacher(data, teacher, head="linear", split="val", cache_dir=str(tmp_path / "cache"), out=out)
     assert again["heads"]["linear"]["acc"] == r["heads"]["linear"]["acc"]
     assert "loaded_from" in again["heads"]["linear"]["probe"]
+    # other train/val images (another seed for the carve-out): the saved probe is not reused
+    reseeded = DataConfig(dataset="imagefolder", root=data.root, val_fraction=0.25, seed=1)
+    other = evaluate_teacher(reseeded, teacher, head="linear", split="val", cache_dir=str(tmp_path / "cache"), out=out)
+    assert "loaded_from" not in other["heads"]["linear"]["probe"]
+    assert json.loads((out / "probe.json").read_text())["key"] != again["heads"]["linear"]["probe"]["key"]
     with pytest.raises(EdgeDistillError, match="label_map"):
         evaluate_teacher(data, teacher, head="label_map", split="val", cache_dir=str(tmp_path / "cache"), out=None)
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -247,11 +248,27 @@ def evaluate_teacher(
     return results
 
 
+def _probe_key(splits, caches: dict) -> dict:
+    """What a saved probe depends on: the teacher and exactly which images are ``train`` and ``val``."""
+    h = hashlib.sha256()
+    for name in ("train", "val"):
+        for part in splits.parts.get(name, []):
+            h.update(f"{name}:{part.source}:{part.labeled}:".encode())
+            h.update(np.asarray(part.indices, dtype=np.int64).tobytes())
+    fingerprints = sorted({c.manifest["teacher"]["fingerprint"] for c in caches.values()})
+    return {"teacher_fingerprint": fingerprints, "train_val_sha256": h.hexdigest()}
+
+
 def _linear_probe(H, splits, caches, classes, out_dir: Path | None, retrain: bool) -> tuple[torch.nn.Module, dict]:
-    """The probe saved in ``out_dir/probe``, or a new one trained on cached ``train`` embeddings, selected on ``val``."""
+    """The probe saved in ``out_dir/probe`` if it was trained by this teacher on these exact ``train``/``val``
+    images, else a new one trained on cached ``train`` embeddings and selected on ``val`` (and saved)."""
     saved = out_dir / "probe" if out_dir is not None else None
+    key = _probe_key(splits, caches)
     if saved is not None and not retrain and (out_dir / "probe.json").is_file():
-        return H.load_head(saved), {**storage.read_json(out_dir / "probe.json"), "loaded_from": str(saved)}
+        meta = storage.read_json(out_dir / "probe.json")
+        if meta.get("key") == key:
+            return H.load_head(saved), {**meta, "loaded_from": str(saved)}
+        print(f"{saved}: trained for another teacher or other train/val images; training a new probe", file=sys.stderr)
     for name in ("train", "val"):
         if name not in splits.parts:
             raise DataError(f"The linear probe needs a {name!r} split (data.val_fraction > 0 for val); "
@@ -261,7 +278,7 @@ def _linear_probe(H, splits, caches, classes, out_dir: Path | None, retrain: boo
     keep = y_tr >= 0  # labels hidden by data.labeled_per_class are not training labels
     probe, report = H.train_linear_probe(x_tr[keep], y_tr[keep], x_va, y_va, num_classes=len(classes))
     if saved is not None:
-        H.save_head(probe, saved, manifest={"probe": report, "class_names": list(classes)})
+        H.save_head(probe, saved, manifest={"probe": report, "class_names": list(classes), "key": key})
     return probe, report
 
 
