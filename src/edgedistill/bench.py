@@ -17,9 +17,9 @@ import os
 import platform
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from edgedistill import storage
 from edgedistill.errors import ConfigError, EdgeDistillError
@@ -92,9 +92,22 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def _ort_session(path: str, providers: list[str], threads: int | None, settings: dict):
+def ort_session(path: str | os.PathLike, providers: Sequence[str] | None = None, threads: int | None = None,
+                settings: dict | None = None):
+    """An ONNX Runtime session; the one place sessions are made (export, predict, bench children).
+
+    Lives here, not in ``export``, because the benchmark's ONNX children must not import torch.
+
+    Args:
+        path: the ONNX model.
+        providers: execution providers; default CPU.
+        threads: intra-op threads; None lets ONNX Runtime use every core.
+        settings: extra SessionOptions: ``graph_optimization_level`` (default ``ORT_ENABLE_ALL``),
+            ``config_entries`` (session config entries), or any SessionOptions attribute.
+    """
     import onnxruntime as ort
 
+    settings = settings or {}
     opts = ort.SessionOptions()
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, settings.get("graph_optimization_level", "ORT_ENABLE_ALL"))
     if threads:
@@ -105,10 +118,11 @@ def _ort_session(path: str, providers: list[str], threads: int | None, settings:
                 opts.add_session_config_entry(k, str(v))
         elif key != "graph_optimization_level":
             setattr(opts, key, value)
-    opts.log_severity_level = 3
+    opts.log_severity_level = 3  # FP16/INT8 models log harmless per-node warnings otherwise
+    providers = list(providers or ["CPUExecutionProvider"])
     if providers[0] == "TensorrtExecutionProvider":
         providers = [("TensorrtExecutionProvider", {"trt_fp16_enable": True})] + providers[1:]
-    return ort.InferenceSession(path, opts, providers=providers)
+    return ort.InferenceSession(str(path), opts, providers=providers)
 
 
 def _build_torch(spec: dict):
@@ -159,7 +173,7 @@ def _measure(job: dict) -> dict:
 
         base = _rss_mb("VmRSS")
         _reset_peak_rss()
-        sess = _ort_session(job["path"], _ORT_PROVIDERS[runtime], job["threads"], job["ort_settings"])
+        sess = ort_session(job["path"], _ORT_PROVIDERS[runtime], job["threads"], job["ort_settings"])
         name = sess.get_inputs()[0].name
         times = _time(lambda: sess.run(None, {name: x}), job["warmup"], job["iters"])
         gpu_mb = None

@@ -35,6 +35,7 @@ from PIL import Image
 from torch import nn
 
 from edgedistill import storage
+from edgedistill.bench import ort_session
 from edgedistill.config import DataConfig, TeacherConfig
 from edgedistill.errors import ConfigError, EdgeDistillError
 from edgedistill.students import load_student  # noqa: F401  (export.load_student is part of this module's API)
@@ -330,24 +331,6 @@ def read_metadata(onnx_path: str | os.PathLike) -> dict:
     if raw is None:
         raise EdgeDistillError(f"{str(path)!r} has no '{META_KEY}' metadata; export it with 'edgedistill export'")
     return json.loads(raw)
-
-
-def ort_session(onnx_path: str | os.PathLike, providers: Sequence[str] | None = None, threads: int | None = None):
-    """An ONNX Runtime session with all graph optimisations.
-
-    Args:
-        onnx_path: the model.
-        providers: execution providers; default CPU.
-        threads: intra-op threads; None lets ONNX Runtime use every core.
-    """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3  # FP16/INT8 models log harmless per-node warnings otherwise
-    return ort.InferenceSession(str(onnx_path), opts, providers=list(providers or ["CPUExecutionProvider"]))
 
 
 def check_parity(
