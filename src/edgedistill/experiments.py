@@ -185,7 +185,8 @@ def run_grid(grid_path: str | Path, *, only: list[str] | None = None, smoke: boo
                      "val_acc": m.get("best_val_acc"), "test_acc": m.get("test_acc"),
                      "published": row.get("published"), "train_s": m.get("elapsed_s"), "run_dir": str(run_dir)})
 
-    results = {"grid": str(grid_path), "name": grid.get("name"), "rows": rows, "elapsed_s": round(time.time() - t0, 1)}
+    results = {"grid": str(grid_path), "name": grid.get("name"), "out_dir": str(out), "rows": rows,
+               "elapsed_s": round(time.time() - t0, 1)}
     write_results(results, out)
     return results
 
@@ -300,5 +301,4 @@ def run_command(grid: str, only: list[str] | None = None, smoke: bool = False, o
         out_dir: where run directories and results go (default: the grid's out_dir).
     """
     results = run_grid(grid, only=only, smoke=smoke, out_dir=out_dir)
-    out = Path(out_dir or load_grid(grid).get("out_dir", "runs"))
-    print((out / "results.md").read_text())
+    print((Path(results["out_dir"]) / "results.md").read_text())
