@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from edgedistill.cli import COMMANDS, main
+
+GRID = Path(__file__).resolve().parents[1] / "configs" / "cifar10" / "grid.yaml"
 
 
 def test_top_level_help_lists_every_command(capsys):
@@ -33,6 +36,7 @@ def test_every_command_has_help(name, capsys):
         (["train", "--train.epochs", "0"], "train.epochs=0 is invalid"),
         (["cache", "--teacher.kind", "vit"], "Unknown teacher kind 'vit'"),
         (["run", "no/such/grid.yaml"], "Grid file 'no/such/grid.yaml' does not exist"),
+        (["run", str(GRID), "--only", "resnet18_scratch, nope"], "--only names ['nope'] are not runs of"),
         (["predict", "no/such/model.onnx", "x.jpg", "y.jpg"], "Input 'x.jpg' does not exist"),
         (["train", "--no-such-flag", "1"], "no-such-flag"),
     ],

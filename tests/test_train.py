@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -109,30 +111,60 @@ def test_existing_run_needs_resume(folder: Path, tmp_path: Path) -> None:
         train(data, teacher, cfg)
 
 
-class Killed(Exception):
-    """Stands in for SIGKILL in the middle of a run."""
+# Run in a child process: train, and hang at the start of epoch 1 (after epoch 0's checkpoint)
+# until the test SIGKILLs it, so the kill lands mid-run, between two steps.
+_KILLED_CHILD = """
+import sys, time
+from pathlib import Path
+from edgedistill.config import DataConfig, TeacherConfig
+from edgedistill.module import DistillModule
+from edgedistill.train import TrainConfig, train
+
+folder, out = sys.argv[1], sys.argv[2]
+
+def on_train_epoch_start(self):
+    if self.current_epoch == 1:
+        Path(out, "at-epoch-1").touch()
+        time.sleep(600)
+
+DistillModule.on_train_epoch_start = on_train_epoch_start
+data = DataConfig(dataset="imagefolder", root=folder, val_fraction=0.25)
+train(data, TeacherConfig(), TrainConfig(student="test_resnet", image_size=16, epochs=3, batch_size=6, num_workers=0,
+                                         lr=0.05, warmup_epochs=0.5, out_dir=out, name="run"))
+"""
 
 
-def test_resume_after_kill_continues_from_saved_epoch(folder: Path, tmp_path: Path, monkeypatch) -> None:
-    data, teacher, cfg = _cfgs(folder, tmp_path / "runs", epochs=3)
+def test_resume_after_sigkill_continues_from_saved_epoch(folder: Path, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "runs"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EDGEDISTILL_NO_PROGRESS": "1"}
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_CHILD, str(folder), str(out)], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "at-epoch-1").exists():
+            assert child.poll() is None, f"the child exited early:\n{child.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "the child never reached epoch 1"
+            time.sleep(0.1)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+    run = out / "run"
+    first = storage.read_json(run / "metrics.json")
+    assert first["finished"] is False and len(first["history"]) == 1
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
+    assert not (run / "student.safetensors").exists()  # written only when a run finishes
+
     started: list[tuple[int, int]] = []
 
     def on_train_epoch_start(self):
         started.append((self.current_epoch, self.global_step))
-        if self.current_epoch == 1 and kill:
-            raise Killed  # after epoch 0's checkpoint, before any step of epoch 1
 
     monkeypatch.setattr(DistillModule, "on_train_epoch_start", on_train_epoch_start, raising=False)
-    kill = True
-    with pytest.raises(Killed):
-        train(data, teacher, cfg)
-    run = tmp_path / "runs" / "run"
-    first = storage.read_json(run / "metrics.json")
-    assert first["finished"] is False and len(first["history"]) == 1
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0
-
-    kill, started[:] = False, []
-    cfg.resume = True
+    data, teacher, cfg = _cfgs(folder, out, epochs=3, resume=True)
     train(data, teacher, cfg)
     assert started == [(1, 3), (2, 6)]  # continued at epoch 1, step 3: epoch 0 was not redone
     m = storage.read_json(run / "metrics.json")
@@ -141,6 +173,7 @@ def test_resume_after_kill_continues_from_saved_epoch(folder: Path, tmp_path: Pa
     assert m["elapsed_s"] >= first["elapsed_s"]
     # the first session's CSV log is kept, the resumed one logs beside it
     assert (run / "logs" / "session0" / "metrics.csv").is_file() and (run / "logs" / "session1" / "metrics.csv").is_file()
+    assert (run / "student.safetensors").is_file()
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_checkpoint(folder: Path, tmp_path: Path, monkeypatch) -> None:

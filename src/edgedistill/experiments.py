@@ -291,14 +291,15 @@ def plot_accuracy_vs_unlabeled(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def run_command(grid: str, only: list[str] | None = None, smoke: bool = False, out_dir: str | None = None) -> None:
+def run_command(grid: str, only: str | None = None, smoke: bool = False, out_dir: str | None = None) -> None:
     """Run a YAML grid of runs (skipping finished ones, resuming unfinished ones) and write results.
 
     Args:
         grid: path to the grid YAML (e.g. configs/cifar10/grid.yaml).
-        only: names of the runs to run (default: all).
+        only: comma-separated names of the runs to run, e.g. ``scratch,kd`` (default: all).
         smoke: two steps per run, to check a grid end to end.
         out_dir: where run directories and results go (default: the grid's out_dir).
     """
-    results = run_grid(grid, only=only, smoke=smoke, out_dir=out_dir)
+    names = [n.strip() for n in only.split(",") if n.strip()] if only else None
+    results = run_grid(grid, only=names, smoke=smoke, out_dir=out_dir)
     print((Path(results["out_dir"]) / "results.md").read_text())
