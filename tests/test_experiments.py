@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import open_clip
@@ -86,3 +87,18 @@ def test_tutorial_grid_smoke_on_written_stl10(stl10_root, tmp_path):
     with pytest.raises(ConfigError, match="finished with other settings"):
         run_grid(path, only=["resnet18_from_scratch"], overrides=overrides)
     shutil.rmtree(tmp_path / "cache")
+
+
+def test_plots_of_a_partial_grid_fit_their_figure(tmp_path):
+    # One student point far from x=0 (a grid run with --only): the teacher labels and the
+    # axis still start at no unlabeled data, and matplotlib lays the figure out without warnings.
+    from edgedistill.experiments import plot_accuracy, plot_accuracy_vs_unlabeled
+
+    rows = [{"name": "teacher_linear", "kind": "teacher", "arch": "t", "target": "linear", "val_acc": 0.75},
+            {"name": "resnet18_kd_unlabeled", "kind": "student", "arch": "resnet18", "target": "logits",
+             "n_unlabeled": 45000, "val_acc": 0.70}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_accuracy_vs_unlabeled(rows, tmp_path / "u.png")
+        plot_accuracy(rows, tmp_path / "a.png", title="t")
+    assert (tmp_path / "u.png").stat().st_size > 0 and (tmp_path / "a.png").stat().st_size > 0

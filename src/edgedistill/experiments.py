@@ -279,7 +279,10 @@ def plot_accuracy_vs_unlabeled(rows: list[dict], path: Path) -> None:
     for r in rows:
         if r["kind"] == "teacher" and _acc(r) is not None:
             ax.axhline(100 * _acc(r), ls="--", color="grey", lw=1)
-            ax.text(0, 100 * _acc(r) + 0.5, r["name"], fontsize=7, color="grey")
+            # x in axes units: the label stays inside whatever range the points span
+            ax.text(0.01, 100 * _acc(r) + 0.5, r["name"], fontsize=7, color="grey", transform=ax.get_yaxis_transform())
+    xmax = max((x for pts in groups.values() for x, _ in pts), default=0)
+    ax.set_xlim(-0.03 * max(xmax, 1), 1.05 * max(xmax, 1))  # always from no unlabeled data up
     ax.set_xlabel("unlabeled images used")
     ax.set_ylabel("accuracy %")
     ax.set_title("accuracy vs amount of unlabeled data")
