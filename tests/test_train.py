@@ -241,6 +241,12 @@ def test_train_config_errors_name_the_flag() -> None:
         TrainConfig(feature_loss="l2")
 
 
+def test_warmup_over_the_whole_run_is_flagged(folder: Path, tmp_path: Path) -> None:
+    data, teacher, cfg = _cfgs(folder, tmp_path / "runs", epochs=1, warmup_epochs=1.0)
+    with pytest.warns(UserWarning, match=r"warmup_epochs=1.0 covers all train.epochs=1"):
+        train(data, teacher, cfg)
+
+
 def test_cached_targets_gather_mixed_sources_and_views() -> None:
     a = torch.arange(4 * 2 * 3, dtype=torch.float32).reshape(4, 2, 3)  # source a: N=4, K=2 views, C=3
     b = -torch.arange(5 * 2 * 3, dtype=torch.float32).reshape(5, 2, 3)

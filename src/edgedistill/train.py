@@ -568,6 +568,10 @@ def train(data: DataConfig, teacher: TeacherConfig, train: TrainConfig) -> Path:
     n_train = _split_size(splits, cfg.train_split)
     accelerator, precision, strategy = _resolve_hardware(cfg)
     steps_per_epoch = max(n_train // (cfg.batch_size * cfg.devices), 1)
+    if cfg.schedule == "cosine" and cfg.max_steps == -1 and cfg.warmup_epochs >= cfg.epochs:
+        warnings.warn(f"train.warmup_epochs={cfg.warmup_epochs} covers all train.epochs={cfg.epochs}: the learning rate "
+                      "only rises and the run ends at its peak; set warmup_epochs below epochs (e.g. a quarter)",
+                      stacklevel=2)
     module = DistillModule(
         student, target=cfg.target, num_classes=len(classes), head=head, targets=provider,
         temperature=cfg.temperature, kd_weight=cfg.kd_weight, ce_weight=cfg.ce_weight, feature_loss=cfg.feature_loss,
