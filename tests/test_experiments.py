@@ -74,6 +74,7 @@ def test_tutorial_grid_smoke_on_written_stl10(stl10_root, tmp_path):
     assert rows["resnet18_linear_train_unlabeled"]["n_unlabeled"] == 7
     md = (out / "results.md").read_text()
     assert "96.88" in md and "57.93" in md  # the tutorial's numbers beside ours
+    assert "train min |" in md and "add up to" in md  # each row's training budget is in the table
     assert results["rows"] == json.loads((out / "results.json").read_text())["rows"]
 
     # Rerunning without --smoke skips nothing it has not finished: smoke rows stop after two steps,

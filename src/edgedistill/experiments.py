@@ -218,14 +218,18 @@ def write_results(results: dict, out: Path) -> None:
     has_test = any(r.get("test_acc") is not None for r in rows)
     has_pub = any(r.get("published") is not None for r in rows)
     head = ["run", "arch", "target", "unlabeled data", "val acc %"] + (["test acc %"] if has_test else []) + (
-        ["tutorial (published) %"] if has_pub else [])
-    lines = [f"# Results: {results.get('name')}", "", f"Grid `{results['grid']}`, {results['elapsed_s']:.0f} s.",
+        ["tutorial (published) %"] if has_pub else []) + ["train min"]
+    train_s = sum(r.get("train_s") or 0.0 for r in rows)
+    lines = [f"# Results: {results.get('name')}", "",
+             f"Grid `{results['grid']}`: this invocation took {results['elapsed_s']:.0f} s; the students' training "
+             f"times (including earlier, resumed or skipped invocations) add up to {train_s / 60:.1f} min.",
              "Validation accuracy selects checkpoints; test accuracy (where shown) is read once, at the end.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["name"], r.get("arch") or "", r.get("target") or "", str(r.get("n_unlabeled") or "—"), _fmt(r.get("val_acc"))]
         cells += [_fmt(r.get("test_acc"))] if has_test else []
         cells += [_fmt(r.get("published"))] if has_pub else []
+        cells += [f"{r['train_s'] / 60:.1f}" if r.get("train_s") else "—"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![accuracy per run](accuracy.png)", "", "![accuracy vs unlabeled data](accuracy_vs_unlabeled.png)", ""]
     storage.write_text(out / "results.md", "\n".join(lines))
