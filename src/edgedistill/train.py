@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 
 from edgedistill import storage
 from edgedistill.config import DataConfig, TeacherConfig
+from edgedistill.data.transforms import CACHED_CROP_SCALE
 from edgedistill.errors import ConfigError, DataError
 from edgedistill.losses import FEATURE_LOSSES, KD_REDUCTIONS
 from edgedistill.module import (
@@ -58,7 +59,7 @@ CACHE_AUG_SEED = 0
 different training seeds share one cache; the training seed still decides which view is drawn."""
 
 
-DEFAULT_MIN_CROP = 0.35  # data.transforms.sample_aug_params' default, which the cached views use
+DEFAULT_MIN_CROP = CACHED_CROP_SCALE[0]  # the smallest crop of the cached augmented views
 
 
 @dataclass
@@ -89,7 +90,7 @@ class TrainConfig:
     """Student input normalisation std (3 values); None: ImageNet's. The tutorial used 0.25."""
     aug: bool = True
     """Random-resized-crop and horizontal flip on training images; teacher targets follow the same crop."""
-    min_crop: float = 0.35
+    min_crop: float = DEFAULT_MIN_CROP
     """Smallest random-resized-crop area, as a fraction of the image (with cached views: the cache's, 0.35)."""
     views: int | None = None
     """K cached augmented views per image (teacher outputs computed once per view); None: the plain cached view."""

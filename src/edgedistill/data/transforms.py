@@ -135,6 +135,10 @@ class AugParams:
     flip: bool
 
 
+CACHED_CROP_SCALE: tuple[float, float] = (0.35, 1.0)
+"""Crop-area range of the cached augmented views (``edgedistill cache --views K``) and the default of training crops."""
+
+
 def _aug_generator(seed: int, source: str, index: int, view: int) -> torch.Generator:
     # A hash, not seed + index arithmetic, so neighbouring images/views get unrelated streams.
     digest = hashlib.sha256(f"{seed}/{source}/{index}/{view}".encode()).digest()
@@ -167,7 +171,7 @@ def sample_aug_params(
     source: str,
     index: int,
     view: int,
-    scale: tuple[float, float] = (0.35, 1.0),
+    scale: tuple[float, float] = CACHED_CROP_SCALE,
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
 ) -> AugParams:
     """The crop of cached view ``view`` of image ``(source, index)``: the same arguments give the same crop.
@@ -226,7 +230,7 @@ class TrainTransform:
         seed: int = 0,
         teacher_view: ViewSpec | None = None,
         num_views: int | None = None,
-        scale: tuple[float, float] = (0.35, 1.0),
+        scale: tuple[float, float] = CACHED_CROP_SCALE,
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
     ) -> None:
         if num_views is not None and num_views < 1:
