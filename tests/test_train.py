@@ -116,21 +116,20 @@ def test_existing_run_needs_resume(folder: Path, tmp_path: Path) -> None:
 _KILLED_CHILD = """
 import sys, time
 from pathlib import Path
-from edgedistill.config import DataConfig, TeacherConfig
+sys.path.insert(0, sys.argv[3])
+from test_train import _cfgs
 from edgedistill.module import DistillModule
-from edgedistill.train import TrainConfig, train
+from edgedistill.train import train
 
-folder, out = sys.argv[1], sys.argv[2]
+folder, out = Path(sys.argv[1]), Path(sys.argv[2])
 
 def on_train_epoch_start(self):
     if self.current_epoch == 1:
-        Path(out, "at-epoch-1").touch()
+        (out / "at-epoch-1").touch()
         time.sleep(600)
 
 DistillModule.on_train_epoch_start = on_train_epoch_start
-data = DataConfig(dataset="imagefolder", root=folder, val_fraction=0.25)
-train(data, TeacherConfig(), TrainConfig(student="test_resnet", image_size=16, epochs=3, batch_size=6, num_workers=0,
-                                         lr=0.05, warmup_epochs=0.5, out_dir=out, name="run"))
+train(*_cfgs(folder, out, epochs=3))
 """
 
 
@@ -138,7 +137,7 @@ def test_resume_after_sigkill_continues_from_saved_epoch(folder: Path, tmp_path:
     out = tmp_path / "runs"
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "EDGEDISTILL_NO_PROGRESS": "1"}
-    child = subprocess.Popen([sys.executable, "-c", _KILLED_CHILD, str(folder), str(out)], env=env,
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_CHILD, str(folder), str(out), str(Path(__file__).parent)], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
