@@ -34,15 +34,16 @@ import torch
 os.environ.setdefault("EDGEDISTILL_NO_PROGRESS", "1")  # bars would disturb the timing output
 
 from edgedistill import storage  # noqa: E402
-from edgedistill.cache import build_teacher, cache_source  # noqa: E402
+from edgedistill.cache import cache_source  # noqa: E402
 from edgedistill.config import TeacherConfig  # noqa: E402
 from edgedistill.data import ImageFolderSource  # noqa: E402
-from edgedistill.data.sources import DEFAULT_DATA_DIR, extract_demo  # noqa: E402
+from edgedistill.data.sources import DATA_DIR, extract_demo  # noqa: E402
+from edgedistill.teachers import create_teacher  # noqa: E402
 
 
 def _image_files(n: int, workdir: Path) -> Path:
     """An ImageFolder of ``n`` images: CIFAR-10 JPEGs from the data cache, else the bundled demo, else random."""
-    candidates = [DEFAULT_DATA_DIR / "train"]
+    candidates = [DATA_DIR / "train"]
     pool: list[Path] = []
     for root in candidates:
         if root.is_dir():
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import open_clip
 
-    teacher = build_teacher(TeacherConfig(kind="openclip", model=args.model, pretrained=None, device=args.device,
+    teacher = create_teacher(TeacherConfig(kind="openclip", model=args.model, pretrained="random", device=args.device,
                                            batch_size=args.batch_size))
     model = teacher.model  # the same open_clip module (same weights) for the tutorial path
     pp = model.visual.preprocess_cfg

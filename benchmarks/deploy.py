@@ -22,6 +22,7 @@ at 224x224, batch 8; INT8 student >= 1.5x the FP32 student's throughput with <= 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -32,9 +33,12 @@ import torch
 
 os.environ.setdefault("EDGEDISTILL_NO_PROGRESS", "1")
 
-from edgedistill import bench as B  # noqa: E402
-from edgedistill import export as ex  # noqa: E402
 from edgedistill import storage  # noqa: E402
+from edgedistill.data.views import ViewSpec, preprocess  # noqa: E402
+from edgedistill.deploy import bench as B  # noqa: E402
+from edgedistill.deploy import export as ex  # noqa: E402
+from edgedistill.deploy.quantize import quantize_int8  # noqa: E402
+from edgedistill.deploy.runtime import DeployMeta, ort_session  # noqa: E402
 
 CIFAR_TRAIN = Path.home() / ".cache" / "edgedistill-data" / "train"
 SETTINGS = {
@@ -45,7 +49,7 @@ SETTINGS = {
 }
 
 
-def real_batches(view: dict, n: int, batch: int = 16, seed: int = 0):
+def real_batches(view: ViewSpec, n: int, batch: int = 16, seed: int = 0):
     """Preprocessed real CIFAR-10 training images [B, 3, S, S] (a fixed random sample of n)."""
     files = sorted(CIFAR_TRAIN.glob("*/*.jpg")) if CIFAR_TRAIN.is_dir() else []
     if not files:
@@ -53,7 +57,7 @@ def real_batches(view: dict, n: int, batch: int = 16, seed: int = 0):
     from PIL import Image
 
     pick = np.random.default_rng(seed).choice(len(files), size=min(n, len(files)), replace=False)
-    images = [ex.preprocess_image(Image.open(files[i]), view) for i in pick]
+    images = [preprocess(Image.open(files[i]), view) for i in pick]
     return [np.stack(images[i:i + batch]) for i in range(0, len(images), batch)]
 
 
@@ -72,43 +76,43 @@ def build(work: Path, native: int, calib: int, run: str | None) -> tuple[B.Bench
             if isinstance(m, torch.nn.BatchNorm2d):
                 torch.nn.init.uniform_(m.weight, 0.5, 1.5)
         s_model = ex.DeployModel(net.eval())
-        s_meta = {"role": "student", "arch": "resnet18", "target": "labels", "outputs": ["logits"],
-                  "view": ex.view_dict({"image_size": native}), "class_names": [], "dynamic_hw": True}
+        s_meta = DeployMeta(role="student", arch="resnet18", outputs=["logits"], dynamic_hw=True,
+                            view=ViewSpec(native, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).to_dict())
     tower = open_clip.create_model("ViT-B-32", pretrained=None).visual.eval()
     t_model = ex.DeployModel(tower, None, ("embedding",))
-    t_meta = {"role": "teacher", "arch": "ViT-B-32", "target": "embedding", "outputs": ["embedding"], "dynamic_hw": False,
-              "view": ex.view_dict({"image_size": 224, "mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD})}
+    t_meta = DeployMeta(role="teacher", arch="ViT-B-32", target="embedding", outputs=["embedding"],
+                        view=ViewSpec(224, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD,
+                                      resize_mode="shortest").to_dict())
     entries = []
     for name, model, meta in (("student", s_model, s_meta), ("teacher", t_model, t_meta)):
         d = work / name
         fp32 = d / "model.onnx"
         if not fp32.is_file():
-            ex.export_onnx(model, fp32, image_size=224, output_names=meta["outputs"], metadata=meta,
-                           dynamic_hw=meta["dynamic_hw"])
-            ex.check_parity(model, fp32, [torch.randn(3, 3, 224, 224)], tolerance=1e-3)
+            ex.export_onnx(model, fp32, meta=dataclasses.replace(meta, view={**meta.view, "image_size": 224}),
+                           check={"random": torch.randn(3, 3, 224, 224)})
         int8 = d / f"model.int8-calib{calib}.onnx"  # reused only with the same calibration size
-        view224 = {**meta["view"], "image_size": 224}
+        view224 = ViewSpec(**{**meta.view, "image_size": 224})
         if not int8.is_file():
             t0 = time.time()
-            ex.quantize_int8(fp32, int8, iter(real_batches(view224, calib)))
+            quantize_int8(fp32, int8, iter(real_batches(view224, calib)))
             print(f"quantized {name} on {calib} real images in {time.time() - t0:.0f} s", file=sys.stderr)
         if name == "student":
             # INT8 quality: on real images, FP32 vs INT8 top-1 agreement (and accuracy for a trained run).
             xs = np.concatenate(real_batches(view224, 256, seed=1))
-            p32 = ex.ort_session(fp32).run(None, {"image": xs})[0].argmax(1)
-            p8 = ex.ort_session(int8).run(None, {"image": xs})[0].argmax(1)
+            p32 = ort_session(fp32).run(None, {"image": xs})[0].argmax(1)
+            p8 = ort_session(int8).run(None, {"image": xs})[0].argmax(1)
             quality["int8_fp32_top1_agreement"] = float((p32 == p8).mean())
             if run:
                 cfg = ex.run_configs(run).get("data")
                 if cfg:
                     from edgedistill.config import DataConfig
 
-                    val = ex.real_images(DataConfig(**cfg), "val", view224)
+                    val = ex.real_images(DataConfig(**cfg), "val", view224.to_dict())
                     quality["val_acc_fp32"] = ex.onnx_accuracy(fp32, val)
                     quality["val_acc_int8"] = ex.onnx_accuracy(int8, val)
-        res = tuple(sorted({224, meta["view"]["image_size"]}))
-        entries.append(B.BenchEntry(model=name, arch=meta["arch"], onnx={"fp32": str(fp32), "int8": str(int8)},
-                                    resolutions=res, native_resolution=meta["view"]["image_size"]))
+        res = tuple(sorted({224, meta.view["image_size"]}))
+        entries.append(B.BenchEntry(model=name, arch=meta.arch, onnx={"fp32": str(fp32), "int8": str(int8)},
+                                    resolutions=res, native_resolution=meta.view["image_size"]))
     return entries[0], entries[1], quality
 
 

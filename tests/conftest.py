@@ -1,13 +1,19 @@
-"""Shared fixtures: tiny datasets written by the tests (offline, seconds).
+"""Shared fixtures: tiny datasets and a tiny open_clip model, written by the tests (offline, seconds).
 
+- ``TINY_CLIP``: one tiny open_clip config, registered once (open_clip's public ``add_model_config``)
+  as ``edgedistill-tiny``; ``tiny_teacher_cfg()`` is a random-init openclip teacher of it.
 - ``stl10_root``: STL10 in the official binary layout, with an orientation pattern.
 - ``image_folder``: a small labeled ImageFolder of PNGs and JPEGs, class-coloured.
 - ``demo_root``: the bundled CIFAR-10 demo archive, extracted once per session.
+- ``write_cifar10_batches`` / ``cifar10_official_md5``: CIFAR-10 python files in the official format
+  (Python 2 pickles, str keys), and torchvision's md5 table pointed at them for the test.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +21,44 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("EDGEDISTILL_NO_PROGRESS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models on 2 cores: more threads only contend (children inherit it)
+
+TINY = "edgedistill-tiny"
+TINY_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def _register_tiny() -> None:
+    from edgedistill.teachers.openclip import register_model_config
+
+    register_model_config(TINY, TINY_CLIP)
+
+
+_register_tiny()
+
+
+def tiny_teacher_cfg(**kw):
+    """A TeacherConfig of the tiny random-init open_clip model (same weights in every process: seeded)."""
+    from edgedistill.config import TeacherConfig
+
+    return TeacherConfig(**{"kind": "openclip", "model": TINY, "pretrained": "random", "device": "cpu",
+                            "batch_size": 16, **kw})
+
 
 STL10_SIZES = {"train": 20, "test": 10, "unlabeled": 7}
 STL10_TOP_ROWS = 8  # rows 0..7 red
 STL10_LEFT_COLS = 8  # columns 0..7 (below the red rows) green
 IMAGE_FOLDER_CLASSES = ("cat", "dog", "ship")
 IMAGE_FOLDER_COLOURS = {"cat": (220, 40, 40), "dog": (40, 220, 40), "ship": (40, 40, 220)}
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def stl10_pattern(i: int) -> np.ndarray:
@@ -52,6 +90,60 @@ def write_stl10(root: Path, sizes: dict[str, int] = STL10_SIZES) -> Path:
     return root
 
 
+def cifar10_image(i: int) -> np.ndarray:
+    """Image ``i`` of the fake CIFAR-10, ``[32, 32, 3]`` uint8: a different value per channel, so a swap shows."""
+    img = np.empty((32, 32, 3), dtype=np.uint8)
+    img[..., 0], img[..., 1], img[..., 2] = i % 251, 100, 200
+    img[0, :, 0] = 255  # top row: orientation
+    return img
+
+
+def write_cifar10_batches(root: Path, per_batch: int = 6, test: int = 5) -> Path:
+    """``root/cifar-10-batches-py/`` as the official release writes it.
+
+    The official files are Python 2 pickles: dicts with str keys (``'data'`` rows of 3072 uint8,
+    channel-major; ``'labels'``), protocol 2, read back with ``encoding='latin1'``.
+    """
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True, exist_ok=True)
+    i = 0
+    for name, n in [(f"data_batch_{k}", per_batch) for k in range(1, 6)] + [("test_batch", test)]:
+        rows = np.stack([cifar10_image(i + j).transpose(2, 0, 1).reshape(-1) for j in range(n)])
+        labels = [(i + j) % 10 for j in range(n)]
+        with open(d / name, "wb") as f:
+            pickle.dump({"batch_label": f"{name} of 6", "labels": labels, "data": rows,
+                         "filenames": [f"img_{i + j}.png" for j in range(n)]}, f, protocol=2)
+        i += n
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": CIFAR10_NAMES, "num_cases_per_batch": per_batch, "num_vis": 3072}, f, protocol=2)
+    return root
+
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def cifar10_official_md5(monkeypatch: pytest.MonkeyPatch):
+    """Point torchvision's table of official CIFAR-10 md5s at the files a test wrote (returns the patcher)."""
+    from torchvision.datasets import CIFAR10
+
+    def patch(folder: Path) -> None:
+        monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{k}", _md5(folder / f"data_batch_{k}")] for k in range(1, 6)])
+        monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", _md5(folder / "test_batch")]])
+        monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": _md5(folder / "batches.meta")})
+
+    return patch
+
+
+@pytest.fixture(autouse=True)
+def _warnings_once_per_test():
+    """``console.warn_once`` shows a message once per process; each test is its own 'process' here."""
+    from edgedistill import console
+
+    console._warned.clear()
+
+
 @pytest.fixture(scope="session")
 def stl10_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder holding ``stl10_binary/`` (train 20, test 10, unlabeled 7 images; 96x96)."""
@@ -73,7 +165,7 @@ def image_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundled CIFAR-10 demo extracted once: ``labeled/`` (1000), ``eval/`` (1000), ``unlabeled/`` (8000)."""
+    """The bundled CIFAR-10 demo extracted once: ``labeled/``, ``eval/``, ``unlabeled/``."""
     from edgedistill.data.sources import extract_demo
 
     return extract_demo(tmp_path_factory.mktemp("demo") / "cifar10-demo")

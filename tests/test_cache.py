@@ -15,40 +15,43 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import pytest
 import torch
 from PIL import Image
 
+from conftest import TINY, TINY_CLIP, tiny_teacher_cfg
 from edgedistill.cache import ShardedArray, TeacherCache, cache_source, ensure_cache, view_name
-from edgedistill.config import DataConfig, TeacherConfig
+from edgedistill.config import DataConfig
 from edgedistill.data import ImageFolderSource, apply_aug, eval_transform, sample_aug_params
 from edgedistill.data.splits import BadImageWarning
 from edgedistill.errors import CacheMismatchError
 
-TINY = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-open_clip.factory._MODEL_CONFIGS["tiny-test"] = TINY
-TEACHER_CFG = TeacherConfig(kind="openclip", model="tiny-test", pretrained=None, device="cpu", batch_size=16)
+TEACHER_CFG = tiny_teacher_cfg()
 N_IMAGES, SHARD = 240, 40  # 6 shards
 
 # Run by the subprocess tests. Top-level registration: torch.multiprocessing spawn re-imports this
-# script in each worker, so the tiny config exists there too.
+# script in each worker, so the tiny config exists there too. With a sleep argument, every shard
+# written is followed by a pause, so a test can kill the job between two shards.
 SCRIPT = textwrap.dedent(f"""
     import sys
-    import open_clip
-    open_clip.factory._MODEL_CONFIGS["tiny-test"] = {TINY!r}
-    from edgedistill.cache import ensure_cache
+    import time
+    from edgedistill.teachers.openclip import register_model_config
+    register_model_config({TINY!r}, {TINY_CLIP!r})
+    from edgedistill import cache
     from edgedistill.config import DataConfig, TeacherConfig
 
     if __name__ == "__main__":
-        root, cache_dir, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
-        ensure_cache(DataConfig(dataset="imagefolder", root=root, val_fraction=0.0),
-                     TeacherConfig(kind="openclip", model="tiny-test", pretrained=None, device="cpu", batch_size=16),
-                     "train", cache_dir, devices=devices, shard_size={SHARD}, num_workers=0)
+        root, cache_dir, devices, sleep = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+        write = cache._write_shard
+
+        def slow(*args, **kwargs):
+            write(*args, **kwargs)
+            time.sleep(sleep)
+
+        cache._write_shard = slow
+        cache.ensure_cache(DataConfig(dataset="imagefolder", root=root, val_fraction=0.0),
+                           TeacherConfig(kind="openclip", model={TINY!r}, pretrained="random", device="cpu", batch_size=16),
+                           "train", cache_dir, devices=devices, shard_size={SHARD}, num_workers=0)
 """)
 
 
@@ -63,9 +66,9 @@ def _write_images(root: Path, n: int, seed: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def teacher():
-    from edgedistill.cache import build_teacher
+    from edgedistill.teachers import create_teacher
 
-    return build_teacher(TEACHER_CFG)
+    return create_teacher(TEACHER_CFG)
 
 
 @pytest.fixture(scope="module")
@@ -180,11 +183,11 @@ def test_aug_views_store_params(tmp_path, teacher):
     assert cache_source(teacher, src, tmp_path / "cache", shard_size=2, num_workers=0).embedding.shape == (5, 32)
 
 
-def _run_script(tmp_path: Path, images: Path, cache_dir: Path, devices: int, **env) -> subprocess.Popen:
+def _run_script(tmp_path: Path, images: Path, cache_dir: Path, devices: int, sleep: float = 0.0) -> subprocess.Popen:
     script = tmp_path / "run_cache.py"
     script.write_text(SCRIPT)
-    return subprocess.Popen([sys.executable, str(script), str(images), str(cache_dir), str(devices)],
-                            env={**_env(), **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen([sys.executable, str(script), str(images), str(cache_dir), str(devices), str(sleep)],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _shard_stats(folder: Path) -> dict[str, tuple[int, int]]:
@@ -195,15 +198,15 @@ def _shard_stats(folder: Path) -> dict[str, tuple[int, int]]:
 def test_resume_after_sigkill_is_identical(tmp_path, images, reference):
     cache_dir = tmp_path / "cache"
     folder = cache_dir / reference.path.relative_to(reference.path.parents[3])
-    proc = _run_script(tmp_path, images, cache_dir, 1, EDGEDISTILL_CACHE_TEST_SLEEP="0.7")
+    proc = _run_script(tmp_path, images, cache_dir, 1, sleep=0.7)
     deadline = time.monotonic() + 120
-    while not list(folder.glob("shard_*.embedding.npy")):
+    while not list(folder.glob("shard_*.meta.json")):
         assert proc.poll() is None, proc.communicate()[0]
         assert time.monotonic() < deadline, "no shard appeared"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = sorted(p.name for p in folder.glob("shard_*.embedding.npy"))
+    done = sorted(p.name for p in folder.glob("shard_*.meta.json"))
     assert 1 <= len(done) < N_IMAGES // SHARD and not (folder / "manifest.json").exists()
     before = _shard_stats(folder)
     finished = {k: v for k, v in before.items() if k.split(".")[0] in {d.split(".")[0] for d in done}}
@@ -220,7 +223,7 @@ def test_resume_after_sigkill_is_identical(tmp_path, images, reference):
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path, images, reference):
     cache_dir = tmp_path / "cache"
-    proc = _run_script(tmp_path, images, cache_dir, 2)
+    proc = _run_script(tmp_path, images, cache_dir, 2, sleep=0.5)  # slow shards: neither process can take them all
     out = proc.communicate(timeout=240)[0]
     assert proc.returncode == 0, out
     folder = cache_dir / reference.path.relative_to(reference.path.parents[3])

@@ -32,9 +32,13 @@ def test_every_command_has_help(name, capsys):
     [
         (["distil"], "unknown command 'distil'"),
         (["train", "--train.target", "foo"], "train.target='foo' is invalid; valid: labels, logits, embedding"),
-        (["train", "--data.dataset", "mnist"], "Unknown dataset 'mnist'. Valid: stl10"),
+        (["train", "--data.dataset", "mnist"], "data.dataset='mnist' is invalid; valid: stl10, cifar10"),
         (["train", "--train.epochs", "0"], "train.epochs=0 is invalid"),
-        (["cache", "--teacher.kind", "vit"], "Unknown teacher kind 'vit'"),
+        (["train", "--train.epoch", "3"], "--train.epoch"),  # an abbreviation is refused, not guessed
+        (["train", "--train.kd_weight", "-1"], "train.kd_weight=-1.0 is invalid; it must be >= 0"),
+        (["train", "--train.momentum", "-3"], "train.momentum=-3.0 is invalid; it must be in [0, 1)"),
+        (["cache", "--teacher.image_size", "0"], "teacher.image_size=0 is invalid"),
+        (["cache", "--teacher.kind", "vit"], "teacher.kind='vit' is invalid; valid: openclip, timm, efficientnet_lite0"),
         (["run", "no/such/grid.yaml"], "Grid file 'no/such/grid.yaml' does not exist"),
         (["run", str(GRID), "--only", "resnet18_scratch, nope"], "--only names ['nope'] are not runs of"),
         (["predict", "no/such/model.onnx", "x.jpg", "y.jpg"], "Input 'x.jpg' does not exist"),
@@ -63,7 +67,7 @@ def test_missing_openclip_weights_is_one_line(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "cat" / "0.png")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     p = subprocess.run([sys.executable, "-m", "edgedistill.cli", "teacher", "--teacher.model", "ViT-B-32",
-                        "--data.dataset", "imagefolder", "--data.root", str(tmp_path)],
+                        "--data.dataset", "imagefolder", "--data.root", str(tmp_path), "--split", "train"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=120, env=env)
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()

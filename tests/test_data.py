@@ -1,12 +1,17 @@
-"""Data layer: sources read back correctly, splits are stratified/deterministic/disjoint, bad images are skipped."""
+"""Data layer: sources read back correctly (and refuse what is not theirs), folder walks survive links and
+permissions, splits are stratified/deterministic/disjoint, bad images are skipped, views match the libraries' own."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 import pickle
+import subprocess
+import sys
 import tarfile
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +19,16 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import STL10_LEFT_COLS, STL10_SIZES, STL10_TOP_ROWS, stl10_pattern, write_stl10
+from conftest import (
+    CIFAR10_NAMES,
+    STL10_LEFT_COLS,
+    STL10_SIZES,
+    STL10_TOP_ROWS,
+    cifar10_image,
+    stl10_pattern,
+    write_cifar10_batches,
+    write_stl10,
+)
 from edgedistill.config import DataConfig
 from edgedistill.data import (
     BadImageError,
@@ -30,10 +44,14 @@ from edgedistill.data import (
     build_splits,
     collate_skip_bad,
     eval_transform,
+    list_images,
+    preprocess,
     sample_aug_params,
     student_view,
 )
-from edgedistill.errors import DataError
+from edgedistill.data import images as images_module
+from edgedistill.data import sources as sources_module
+from edgedistill.errors import ConfigError, DataError
 
 
 def _to_float(img: Image.Image) -> np.ndarray:
@@ -221,59 +239,261 @@ def test_corrupt_images_are_skipped_counted_and_named(image_folder: Path) -> Non
 
 
 # ---------------------------------------------------------------------------------------------
+# Folder walks: symbolic links, permissions, empty classes
+# ---------------------------------------------------------------------------------------------
+
+
+def _label_of(src: ImageFolderSource, i: int) -> str:
+    return src.classes[src.labels[i]]
+
+
+def test_symlink_loops_list_each_file_once_with_its_own_label(image_folder: Path, tmp_path: Path) -> None:
+    (image_folder / "cat" / "up").symlink_to("..")  # back to the dataset root: would relabel dog/ship as cat
+    (image_folder / "dog" / "cats").symlink_to("../cat")  # into another class
+    (image_folder / "ship" / "self").symlink_to(".")  # into itself
+    extra = tmp_path / "more-ships"  # a link out of the tree is followed: its images are ships
+    extra.mkdir()
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(extra / "far.png")
+    (image_folder / "ship" / "more").symlink_to(extra)
+    with pytest.warns(UserWarning, match=r"3 folder\(s\) reached again through a symbolic link loop"):
+        src = ImageFolderSource(image_folder, "folder/train")
+    assert len(src) == 19 and len({f.resolve() for f in src.files}) == 19  # each file once
+    for i, f in enumerate(src.files):
+        assert _label_of(src, i) == f.relative_to(image_folder).parts[0], f
+    assert src.files[-1] == image_folder / "ship" / "more" / "far.png"
+    assert np.bincount(src.labels).tolist() == [6, 6, 7]
+    # The bare walk (unlabeled folders) of the whole tree: each real folder once, the loops reported.
+    listing = list_images(image_folder)
+    assert len(listing.files) == 19 and len({f.resolve() for f in listing.files}) == 19
+    assert sorted(p.name for p in listing.loops) == ["cats", "self", "up"]
+    with pytest.warns(UserWarning, match="symbolic link loop"):
+        assert len(UnlabeledImages(image_folder, "u")) == 19
+
+
+def test_broken_file_links_are_skipped_and_counted(image_folder: Path) -> None:
+    (image_folder / "cat" / "gone.jpg").symlink_to(image_folder / "nowhere.jpg")
+    (image_folder / "dog" / "dead-folder").symlink_to(image_folder / "no-such-folder")  # not an image name: ignored
+    listing = list_images(image_folder)
+    assert listing.broken_links == [image_folder / "cat" / "gone.jpg"] and len(listing.files) == 18
+    with pytest.warns(UserWarning, match=r"skipped 1 broken symbolic link\(s\) \(e.g. .*gone.jpg\)"):
+        src = ImageFolderSource(image_folder, "folder/train")
+    assert len(src) == 18 and all(f.name != "gone.jpg" for f in src.files)
+    with pytest.warns(UserWarning, match="broken symbolic link"):
+        splits = build_splits(DataConfig(dataset="imagefolder", root=str(image_folder), val_fraction=0.0))
+    assert splits.manifest["counts"] == {"train": 18}
+
+
+def test_unreadable_class_folder_raises_naming_it(image_folder: Path) -> None:
+    locked = image_folder / "dog"
+    locked.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):
+            pytest.skip("running as root: chmod 000 does not make a folder unreadable "
+                        "(test_unreadable_folders_simulated covers the logic)")
+        assert list_images(image_folder).unreadable == [locked]
+        with pytest.raises(DataError, match=r"Class folder .*/dog .*cannot be read \(permissions\?\)"):
+            ImageFolderSource(image_folder, "folder/train")
+        with pytest.raises(DataError, match="/dog"):
+            build_splits(DataConfig(dataset="imagefolder", root=str(image_folder)))
+        with pytest.raises(DataError, match="cannot read folder .*/dog"):
+            UnlabeledImages(image_folder, "u")
+    finally:
+        locked.chmod(0o755)
+
+
+def test_unreadable_folders_simulated(image_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same as chmod 000, where chmod cannot take read access away (root): listing the folder fails.
+    (image_folder / "ship" / "nested").mkdir()
+    locked = {image_folder / "dog", image_folder / "ship" / "nested"}
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path) in locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(images_module.os, "scandir", scandir)
+    assert sorted(list_images(image_folder).unreadable) == sorted(locked)
+    with pytest.raises(DataError, match=r"Class folder .*/dog .*cannot be read"):
+        ImageFolderSource(image_folder, "folder/train")
+    locked.discard(image_folder / "dog")
+    with pytest.raises(DataError, match=r"Class folder .*/ship \(or a folder inside it: .*/ship/nested\)"):
+        ImageFolderSource(image_folder, "folder/train")
+    with pytest.raises(DataError, match="cannot read folder .*/ship/nested"):
+        UnlabeledImages(image_folder, "u")
+
+
+def test_empty_class_folder_warns(image_folder: Path) -> None:
+    (image_folder / "horse" / "notes").mkdir(parents=True)
+    (image_folder / "horse" / "notes" / "readme.txt").write_text("no images here")
+    with pytest.warns(UserWarning, match=r"class folder\(s\) \['horse'\] hold no images"):
+        src = ImageFolderSource(image_folder, "folder/train")
+    assert src.classes == ["cat", "dog", "horse", "ship"] and len(src) == 18
+    assert 2 not in src.labels.tolist()
+    (image_folder / "horse" / "notes" / "readme.txt").unlink()
+    for c in ("cat", "dog", "ship"):
+        for f in (image_folder / c).iterdir():
+            f.unlink()
+    with pytest.raises(DataError, match="holds no images"):
+        ImageFolderSource(image_folder, "folder/train")
+
+
+# ---------------------------------------------------------------------------------------------
 # CIFAR-10, Fashion-MNIST, demo
 # ---------------------------------------------------------------------------------------------
 
 
-def test_cifar10_pickles_and_imagefolder_layouts(tmp_path: Path, image_folder: Path) -> None:
-    d = tmp_path / "cifar-10-batches-py"
-    d.mkdir()
-    rng = np.random.default_rng(0)
-    imgs = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-    imgs[:, :4] = (255, 0, 0)  # top rows red: checks the [3, 32, 32] row layout
-    for k in range(1, 6):
-        with open(d / f"data_batch_{k}", "wb") as f:
-            pickle.dump({b"data": imgs.transpose(0, 3, 1, 2).reshape(6, -1), b"labels": list(range(6))}, f)
-    with open(d / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": [c.encode() for c in ("airplane automobile bird cat deer dog frog horse ship truck".split())]}, f)
+def test_cifar10_official_pickles_read_upright(tmp_path: Path, cifar10_official_md5) -> None:
+    d = write_cifar10_batches(tmp_path) / "cifar-10-batches-py"
+    cifar10_official_md5(d)
     src = CIFAR10Source(d, "train")
-    assert len(src) == 30 and src.classes[1] == "automobile"
-    np.testing.assert_array_equal(np.asarray(src.load(7)), imgs[1])
+    assert len(src) == 30 and src.key == "cifar10/train" and src.classes == CIFAR10_NAMES
+    assert src.labels.dtype == np.int64 and src.labels.tolist() == [i % 10 for i in range(30)]
+    for i in (0, 7, 29):  # batches concatenate in order: image i of train is written image i
+        img = src.load(i)
+        assert img.mode == "RGB" and img.size == (32, 32)
+        np.testing.assert_array_equal(np.asarray(img), cifar10_image(i))
+    a = np.asarray(src.load(7))
+    assert tuple(a[0, 5]) == (255, 100, 200)  # top row marked in the red channel: upright, not transposed
+    assert tuple(a[5, 0]) == (7, 100, 200)  # channels in RGB order, not swapped
+    test = CIFAR10Source(d, "test")
+    assert len(test) == 5 and test.labels.tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(np.asarray(test.load(0)), cifar10_image(30))
+    ident = src.identity()
+    assert ident["n"] == 30 and set(ident["files"]) == {f"data_batch_{k}" for k in range(1, 6)}
+    json.dumps(ident)
+
     splits = build_splits(DataConfig(dataset="cifar10", root=str(tmp_path), val_fraction=0.0))
-    assert set(splits.parts) == {"train"}  # no test_batch: no test split
+    assert splits.manifest["counts"] == {"train": 30, "test": 5} and splits.classes == CIFAR10_NAMES
+    item = splits.dataset("test", None)[3]
+    assert item["label"] == 3 and item["source"] == "cifar10/test"
+    np.testing.assert_array_equal(np.asarray(item["image"]), cifar10_image(33))
+
+
+class _WritesMarker:
+    """Unpickling this opens (creates) ``path``: what a malicious pickle could do instead."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _planted_batch(marker: Path) -> bytes:
+    return pickle.dumps({"data": _WritesMarker(marker), "labels": [0], "batch_label": "x"}, protocol=2)
+
+
+@pytest.mark.parametrize("planted", ["data_batch_1", "test_batch", "batches.meta"])
+def test_cifar10_refuses_files_that_are_not_official_without_unpickling(
+    tmp_path: Path, cifar10_official_md5, planted: str
+) -> None:
+    d = write_cifar10_batches(tmp_path) / "cifar-10-batches-py"
+    cifar10_official_md5(d)  # the official md5 table: the files as written
+    # The payload does what it says when unpickled by anyone who does not check first.
+    probe = tmp_path / "probe-marker"
+    pickle.loads(_planted_batch(probe))["data"].close()
+    assert probe.exists()
+    marker = tmp_path / "PLANTED-PICKLE-RAN"
+    (d / planted).write_bytes(_planted_batch(marker))  # same name, md5 not the release's
+    for part in ("train", "test"):
+        with pytest.raises(DataError, match="official CIFAR-10"):
+            CIFAR10Source(d, part)
+    with pytest.raises(DataError, match="official CIFAR-10"):
+        build_splits(DataConfig(dataset="cifar10", root=str(tmp_path)))
+    assert not marker.exists()
+
+
+def test_cifar10_imagefolder_layouts_and_missing(tmp_path: Path, image_folder: Path) -> None:
     # ImageFolder layout: root may be the parent of train/.
     (tmp_path / "if").mkdir()
     image_folder.rename(tmp_path / "if" / "train")
     splits = build_splits(DataConfig(dataset="cifar10", root=str(tmp_path / "if"), val_fraction=0.0))
     assert splits.manifest["counts"] == {"train": 18} and "cifar10/train" in splits.sources
+    assert isinstance(splits.sources["cifar10/train"], ImageFolderSource)
     with pytest.raises(DataError, match="CIFAR-10 not found"):
         build_splits(DataConfig(dataset="cifar10", root=str(tmp_path / "missing")))
 
 
-def _write_idx(path: Path, arr: np.ndarray, gz: bool) -> None:
-    raw = bytes([0, 0, 8, arr.ndim]) + np.asarray(arr.shape, dtype=">i4").tobytes() + arr.astype(np.uint8).tobytes()
+def _idx_bytes(arr: np.ndarray, type_code: int = 0x08) -> bytes:
+    dtype = {0x08: np.uint8, 0x0D: ">f4"}[type_code]
+    return bytes([0, 0, type_code, arr.ndim]) + np.asarray(arr.shape, dtype=">i4").tobytes() + arr.astype(dtype).tobytes()
+
+
+def _write_idx(path: Path, arr: np.ndarray, gz: bool, type_code: int = 0x08) -> None:
+    raw = _idx_bytes(arr, type_code)
     (path.with_name(path.name + ".gz").write_bytes(gzip.compress(raw)) if gz else path.write_bytes(raw))
 
 
-@pytest.mark.parametrize("layout", ["flat_gz", "torchvision_raw"])
-def test_fashion_mnist_idx_files(tmp_path: Path, layout: str) -> None:
-    d = tmp_path if layout == "flat_gz" else tmp_path / "FashionMNIST" / "raw"
+def _fashion_images(n: int, offset: int = 0) -> np.ndarray:
+    imgs = np.zeros((n, 28, 28), dtype=np.uint8)
+    imgs[:, :3] = 200  # top rows bright: orientation
+    imgs[:, 10:, :] = (np.arange(n) + offset)[:, None, None] % 150  # index-dependent: order
+    return imgs
+
+
+def _write_fashion(d: Path, gz: bool, offset: int = 0, n_train: int = 20) -> None:
     d.mkdir(parents=True, exist_ok=True)
-    gz = layout == "flat_gz"
-    imgs = np.zeros((20, 28, 28), dtype=np.uint8)
-    imgs[:, :3] = 200  # top rows bright
-    _write_idx(d / "train-images-idx3-ubyte", imgs, gz)
-    _write_idx(d / "train-labels-idx1-ubyte", np.arange(20) % 10, gz)
-    _write_idx(d / "t10k-images-idx3-ubyte", imgs[:5], gz)
+    _write_idx(d / "train-images-idx3-ubyte", _fashion_images(n_train, offset), gz)
+    _write_idx(d / "train-labels-idx1-ubyte", np.arange(n_train) % 10, gz)
+    _write_idx(d / "t10k-images-idx3-ubyte", _fashion_images(5, 100 + offset), gz)
     _write_idx(d / "t10k-labels-idx1-ubyte", np.arange(5), gz)
-    splits = build_splits(DataConfig(dataset="fashion_mnist", root=str(tmp_path)))
+
+
+@pytest.mark.parametrize("layout", ["flat_gz", "flat_plain", "torchvision_raw", "raw_gz"])
+def test_fashion_mnist_idx_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str) -> None:
+    data_dir = tmp_path / "data-dir"
+    monkeypatch.setattr(sources_module, "DATA_DIR", data_dir)  # decompressed copies go here, not to ~/.cache
+    root = tmp_path / "fmnist"
+    d = {"flat_gz": root, "flat_plain": root, "torchvision_raw": root / "FashionMNIST" / "raw", "raw_gz": root / "raw"}[layout]
+    _write_fashion(d, gz=layout.endswith("gz"))
+    splits = build_splits(DataConfig(dataset="fashion_mnist", root=str(root)))
     assert splits.manifest["counts"] == {"train": 10, "val": 10, "test": 5}
-    img = splits.sources["fashion_mnist/train"].load(0)
-    assert img.mode == "RGB" and img.size == (28, 28) and np.asarray(img)[0, 10].tolist() == [200] * 3
-    assert np.asarray(img)[10, 0].tolist() == [0, 0, 0]
-    assert isinstance(splits.sources["fashion_mnist/test"], FashionMNISTSource)
+    train, test = splits.sources["fashion_mnist/train"], splits.sources["fashion_mnist/test"]
+    assert isinstance(test, FashionMNISTSource) and train.labels.tolist() == [i % 10 for i in range(20)]
+    assert len(train.classes) == 10 and train.classes[0] == "T-shirt/top"
+    img = train.load(7)
+    assert img.mode == "RGB" and img.size == (28, 28)
+    np.testing.assert_array_equal(np.asarray(img), np.repeat(_fashion_images(20)[7][..., None], 3, -1))
+    np.testing.assert_array_equal(np.asarray(test.load(2))[..., 0], _fashion_images(5, 100)[2])
+    assert np.asarray(img)[0, 10].tolist() == [200] * 3 and np.asarray(img)[5, 0].tolist() == [0, 0, 0]
+    json.dumps(train.identity())
+
+    copies = sorted(data_dir.rglob("*-ubyte"))
+    if layout == "torchvision_raw":
+        assert copies == []  # torchvision's own layout of plain files is read in place
+        return
+    assert [p.name for p in copies] == sorted(sources_module.FASHION_MNIST_FILES)  # decompressed (or copied) once
+    stamp = [p.stat().st_mtime_ns for p in copies]
+    build_splits(DataConfig(dataset="fashion_mnist", root=str(root)))
+    assert [p.stat().st_mtime_ns for p in sorted(data_dir.rglob("*-ubyte"))] == stamp  # not rewritten
+    # New files in the same folder are read, not the stale decompressed copy.
+    for f in d.iterdir():
+        f.unlink()
+    _write_fashion(d, gz=layout.endswith("gz"), offset=1, n_train=30)
+    again = FashionMNISTSource(d, "train")
+    assert len(again) == 30
+    np.testing.assert_array_equal(np.asarray(again.load(7))[..., 0], _fashion_images(30, 1)[7])
 
 
+def test_fashion_mnist_bad_files_raise_data_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources_module, "DATA_DIR", tmp_path / "data-dir")
+    with pytest.raises(DataError, match="Fashion-MNIST not found.*--data.download true"):
+        build_splits(DataConfig(dataset="fashion_mnist", root=str(tmp_path / "nothing")))
+    floats = tmp_path / "floats"
+    _write_fashion(floats, gz=False)
+    _write_idx(floats / "train-images-idx3-ubyte", _fashion_images(20), gz=False, type_code=0x0D)  # float32 pixels
+    with pytest.raises(DataError, match="not valid idx-ubyte"):
+        FashionMNISTSource(floats, "train")
+    truncated = tmp_path / "truncated"
+    _write_fashion(truncated, gz=True)
+    data = (truncated / "train-images-idx3-ubyte.gz").read_bytes()
+    (truncated / "train-images-idx3-ubyte.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz is not a readable gzip"):
+        FashionMNISTSource(truncated, "train")
+
+
+@pytest.mark.slow  # extracting the 10,000-image demo archive takes 7-20 s on 2 cores
 def test_demo_dataset(demo_root: Path) -> None:
     splits = build_splits(DataConfig(dataset="demo", root=str(demo_root)))
     assert splits.manifest["counts"] == {"train": 900, "val": 100, "test": 1000, "unlabeled": 8000}
@@ -326,9 +546,13 @@ def test_eval_transform_and_train_transform() -> None:
     view = ViewSpec(24, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     x = eval_transform(view)(Image.new("RGB", (40, 30), (255, 0, 0)))
     assert x.shape == (3, 24, 24) and torch.allclose(x[:, 5, 5], torch.tensor([1.0, -1.0, -1.0]))
-    crop = eval_transform(ViewSpec(8, (0.0,) * 3, (1.0,) * 3, "nearest", crop_pct=0.5))(_gradient(64))
+    crop = eval_transform(ViewSpec(8, (0.0,) * 3, (1.0,) * 3, "nearest", "shortest", crop_pct=0.5))(_gradient(64))
     assert 0.25 < crop[0].min() and crop[0].max() < 0.75  # only the centre survives
-    assert view.to_dict()["mean"] == [0.5, 0.5, 0.5]
+    assert view.to_dict()["mean"] == [0.5, 0.5, 0.5] and ViewSpec(**view.to_dict()) == view
+    with pytest.raises(ConfigError, match="crop_pct=0.5 .*only with resize_mode='shortest'"):
+        ViewSpec(8, (0.0,) * 3, (1.0,) * 3, "nearest", "squash", crop_pct=0.5)
+    with pytest.raises(ConfigError, match="Unknown resize_mode 'crop'"):
+        ViewSpec(8, (0.0,) * 3, (1.0,) * 3, resize_mode="crop")
 
     img, teacher = _gradient(96), ViewSpec(48, (0.0,) * 3, (1.0,) * 3)
     student = ViewSpec(16, (0.0,) * 3, (1.0,) * 3)
@@ -346,3 +570,57 @@ def test_eval_transform_and_train_transform() -> None:
     assert o1["view"] == -1 and not torch.equal(o1["image"], o2["image"])
     plain = TrainTransform(student, aug=False)(img, "s", 0)
     assert torch.equal(plain["image"], eval_transform(student)(img)) and "teacher_image" not in plain
+
+
+# ---------------------------------------------------------------------------------------------
+# Views: the one eval transform equals the libraries' own
+# ---------------------------------------------------------------------------------------------
+
+
+def _noise(w: int, h: int, seed: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("mode", ["shortest", "longest", "squash"])
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_preprocess_equals_open_clip_eval_transform(mode: str, interpolation: str) -> None:
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    from edgedistill.teachers.openclip import view_from_preprocess_cfg
+
+    cfg = PreprocessCfg(size=24, mean=(0.48, 0.46, 0.41), std=(0.27, 0.26, 0.28), interpolation=interpolation,
+                        resize_mode=mode, fill_color=77)
+    view = view_from_preprocess_cfg(asdict(cfg))
+    assert (view.resize_mode, view.interpolation, view.fill, view.crop_pct) == (mode, interpolation, 77, 1.0)
+    reference = image_transform_v2(cfg, is_train=False)
+    for k, (w, h) in enumerate([(53, 31), (29, 67), (50, 33), (13, 10), (24, 24)]):  # wide, tall, odd pads, upscaled
+        img = _noise(w, h, k)
+        ours = preprocess(img, view)
+        assert ours.dtype == np.float32 and ours.shape == (3, 24, 24)
+        np.testing.assert_allclose(ours, reference(img).numpy(), atol=1e-6, rtol=0, err_msg=f"{mode} {w}x{h}")
+
+
+def test_resize_modes_differ_on_non_square_images() -> None:
+    # The three modes are three different pictures (the old mapping made 'longest' behave as 'shortest').
+    from edgedistill.teachers.openclip import view_from_preprocess_cfg
+
+    base = {"size": 20, "mean": (0.0,) * 3, "std": (1.0,) * 3, "interpolation": "bicubic", "fill_color": 51}
+    img = Image.new("RGB", (40, 20), (255, 255, 255))
+    out = {m: preprocess(img, view_from_preprocess_cfg({**base, "resize_mode": m})) for m in ("shortest", "longest", "squash")}
+    np.testing.assert_allclose(out["shortest"], 1.0, atol=1e-6)  # center crop of a white image: all white
+    np.testing.assert_allclose(out["squash"], 1.0, atol=1e-6)
+    longest = out["longest"]  # 40x20 -> 20x10, padded to 20x20 with the fill colour above and below
+    np.testing.assert_allclose(longest[:, :5], 0.2, atol=1e-6)
+    np.testing.assert_allclose(longest[:, 15:], 0.2, atol=1e-6)
+    np.testing.assert_allclose(longest[:, 5:15], 1.0, atol=1e-6)
+    assert view_from_preprocess_cfg({k: v for k, v in base.items() if k != "fill_color"}).resize_mode == "shortest"
+
+
+def test_views_and_images_are_torch_free() -> None:
+    code = ("import sys\n"
+            "from edgedistill.data import ViewSpec, preprocess, list_images, decode_image\n"
+            "import edgedistill.data.views, edgedistill.data.images\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm', 'open_clip')))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

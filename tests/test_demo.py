@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from edgedistill.demo import demo_grid_path, run_demo
-from edgedistill.experiments import load_grid
-
-TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 8},
-             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+from conftest import TINY, TINY_CLIP
+from edgedistill.pipelines.demo import demo_grid_path, run_demo
+from edgedistill.pipelines.grid import load_grid
 
 
 def _tiny_demo_tree(demo_root: Path, dst: Path, labeled: int = 4, evaluation: int = 2, unlabeled: int = 24) -> Path:
@@ -30,9 +28,9 @@ def _tiny_demo_tree(demo_root: Path, dst: Path, labeled: int = 4, evaluation: in
 
 def test_packaged_demo_grid_loads():
     grid = load_grid(demo_grid_path())
-    names = [r["name"] for r in grid["runs"]]
+    names = [r.name for r in grid.runs]
     assert {"resnet18_scratch", "resnet18_kd_labeled", "resnet18_kd_unlabeled", "resnet18_feature_unlabeled"} <= set(names)
-    assert grid["defaults"]["teacher"]["kind"] == "efficientnet_lite0"
+    assert grid.defaults.teacher["kind"] == "efficientnet_lite0"
 
 
 @pytest.mark.slow
@@ -44,7 +42,7 @@ def test_demo_pipeline_writes_report_and_results(demo_root, tmp_path):
         "teacher": {"image_size": 32, "batch_size": 32},
         "train": {"student": "resnet10t", "epochs": 1, "batch_size": 8, "num_workers": 0},
     }
-    kw = dict(overrides=overrides, tutorial_teacher="tiny-demo-clip", tutorial_teacher_config=TINY_CLIP,
+    kw = dict(overrides=overrides, tutorial_teacher=TINY, tutorial_teacher_config=TINY_CLIP,
               batch_sizes=(2,), bench_warmup=1, bench_iters=2, calib_size=8)
     results = run_demo(out, **kw)
 

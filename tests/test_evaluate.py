@@ -39,15 +39,9 @@ def test_plot_confusion_writes_png(tmp_path):
 
 # ----------------------------------------------------------------------------- end to end
 
-import open_clip  # noqa: E402
+from conftest import TINY, tiny_teacher_cfg  # noqa: E402
+from edgedistill.config import DataConfig  # noqa: E402
 
-from edgedistill.config import DataConfig, TeacherConfig  # noqa: E402
-
-open_clip.factory._MODEL_CONFIGS["tiny-test"] = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 CLASSES = ["bird", "cat", "dog"]
 
 
@@ -59,7 +53,8 @@ def _image_folder(root, per_class: int = 8, classes=CLASSES, seed: int = 0):
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             # class-dependent colour so a linear probe has something to learn
-            img = rng.integers(0, 60, (16, 16, 3)) + np.eye(3, dtype=np.int64)[c % 3] * 180
+            colour = CLASSES.index(name) if name in CLASSES else c  # a class keeps its colour in every folder
+            img = rng.integers(0, 60, (16, 16, 3)) + np.eye(3, dtype=np.int64)[colour % 3] * 180
             Image.fromarray(img.astype(np.uint8)).save(root / name / f"{i}.png")
     return root
 
@@ -67,19 +62,30 @@ def _image_folder(root, per_class: int = 8, classes=CLASSES, seed: int = 0):
 def test_teacher_command_end_to_end(tmp_path, capsys):
     from edgedistill.evaluate import evaluate_teacher, teacher_command
 
+    from edgedistill.data import build_splits, eval_transform
+    from edgedistill.heads import build_text_head
+    from edgedistill.teachers import create_teacher
+
     data = DataConfig(dataset="imagefolder", root=str(_image_folder(tmp_path / "imgs")), val_fraction=0.25)
-    teacher = TeacherConfig(kind="openclip", model="tiny-test", pretrained=None, device="cpu", batch_size=8)
+    teacher = tiny_teacher_cfg(batch_size=8)
     out = tmp_path / "out"
     teacher_command(data, teacher, head="all", templates="simple", split="val", cache_dir=str(tmp_path / "cache"),
                     out=str(out))
     printed = capsys.readouterr().out
-    assert "| tiny-test" not in printed and "openclip:tiny-test | text | val" in printed
+    assert f"| openclip:{TINY} | text | val" in printed
     r = json.loads((out / "teacher.json").read_text())
     assert set(r["heads"]) == {"text", "linear"}  # a CLIP teacher has no logits: no label map
     assert r["n"] == 6 and r["split"] == "val" and r["bad"] == 0
     for kind, h in r["heads"].items():
-        assert 0.0 <= h["acc"] <= 1.0 and sum(map(sum, h["confusion"])) == 6
+        assert sum(map(sum, h["confusion"])) == 6
         assert (out / h["png"]).read_bytes()[:4] == b"\x89PNG"
+    # The text head's accuracy, recomputed without the cache: the teacher on each val image, the zero-shot head.
+    model = create_teacher(teacher)
+    splits = build_splits(data)
+    ds = splits.dataset("val", eval_transform(model.view))
+    x = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    pred = build_text_head(model, CLASSES, "simple")(model(x)["embedding"]).argmax(1).numpy()
+    assert r["heads"]["text"]["acc"] == pytest.approx((pred == splits.labels("val")).mean(), abs=1e-6)
     assert r["heads"]["linear"]["acc"] == 1.0  # colours separate the classes even through a random ViT
     assert (out / "probe.safetensors").is_file() and (out / "probe.json").is_file()
     # a second run reuses the cache and the saved probe
@@ -93,6 +99,39 @@ def test_teacher_command_end_to_end(tmp_path, capsys):
     assert json.loads((out / "probe.json").read_text())["key"] != again["heads"]["linear"]["probe"]["key"]
     with pytest.raises(EdgeDistillError, match="label_map"):
         evaluate_teacher(data, teacher, head="label_map", split="val", cache_dir=str(tmp_path / "cache"), out=None)
+
+
+def test_teacher_eval_checks_arguments_before_computing(tmp_path, monkeypatch):
+    """Every argument is checked before the teacher runs on a single image (issue: 146 s of caching, then an error)."""
+    from edgedistill import cache
+    from edgedistill.evaluate import eval_command
+
+    images = _image_folder(tmp_path / "imgs", per_class=2, classes=["ant", "bee"])  # no shipped label map covers these
+    monkeypatch.setattr(cache, "ensure_cache", lambda *a, **k: pytest.fail("cached before checking the arguments"))
+    lite_like = tiny_teacher_cfg()
+    with pytest.raises(EdgeDistillError, match="label_map.*no logits"):
+        eval_command(images=str(images), teacher=lite_like, head="label_map")
+    with pytest.raises(DataError, match="--probe"):
+        eval_command(images=str(images), teacher=lite_like, head="linear")  # no val split to fit one on
+    with pytest.raises(EdgeDistillError, match="probe.json"):
+        eval_command(images=str(images), teacher=lite_like, head="linear", probe=str(tmp_path))
+
+
+def test_saved_probe_scores_a_users_imagefolder(tmp_path, capsys):
+    """A teacher's probe, fitted on one dataset, scores a user's own labelled folder of some of its classes."""
+    from edgedistill.evaluate import eval_command, evaluate_teacher
+
+    data = DataConfig(dataset="imagefolder", root=str(_image_folder(tmp_path / "imgs")), val_fraction=0.25)
+    teacher = tiny_teacher_cfg(batch_size=8)
+    fitted = evaluate_teacher(data, teacher, head="linear", split="val", cache_dir=str(tmp_path / "cache"),
+                              out=tmp_path / "t")
+    assert fitted["heads"]["linear"]["acc"] == 1.0
+    mine = _image_folder(tmp_path / "mine", per_class=3, classes=["cat", "dog"], seed=5)
+    eval_command(images=str(mine), teacher=teacher, head="linear", probe=str(tmp_path / "t"),
+                 cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "e"))
+    assert "| linear | train | 6 | 100.00% |" in capsys.readouterr().out
+    r = json.loads((tmp_path / "e" / "teacher.json").read_text())["heads"]["linear"]
+    assert r["per_class"] == {"bird": None, "cat": 1.0, "dog": 1.0}  # scored in the probe's own classes
 
 
 def _fake_run(run, classes=CLASSES):

@@ -11,36 +11,32 @@ import torch
 import torch.nn.functional as F
 from timm.data import ImageNetInfo
 
+from conftest import tiny_teacher_cfg
 from edgedistill.errors import ConfigError, EdgeDistillError
 from edgedistill.heads import (
+    DEFAULT_LABEL_MAPS,
+    HEADS,
     LabelMapHead,
     LinearProbe,
     TextHead,
+    build_head,
     build_text_head,
+    default_label_map,
     load_head,
     load_label_map,
     save_head,
     train_linear_probe,
 )
-from edgedistill.teachers.openclip import create_openclip_teacher
+from edgedistill.teachers import create_teacher
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 STL10 = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
-TINY = "edgedistill-tiny-heads-test"
+D = 32  # the tiny teacher's embedding width
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    d = tmp_path_factory.mktemp("clip_cfg")
-    cfg = {
-        "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1},
-    }
-    (d / f"{TINY}.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(d)
-    torch.manual_seed(0)
-    return create_openclip_teacher(TINY, None)
+def tiny_clip():
+    return create_teacher(tiny_teacher_cfg())
 
 
 def test_text_head_is_scaled_cosine():
@@ -59,9 +55,9 @@ def test_build_text_head_tutorial_and_ensemble(tiny_clip):
     n = len(open_clip.OPENAI_IMAGENET_TEMPLATES)
     prompts = [t("sports car") for t in open_clip.OPENAI_IMAGENET_TEMPLATES]
     manual = F.normalize(F.normalize(tiny_clip.encode_text(prompts), dim=-1).mean(0), dim=-1)
-    assert n == 80 and ens.text_embeddings.shape == (2, 16)
+    assert n == 80 and ens.text_embeddings.shape == (2, D)
     torch.testing.assert_close(ens.text_embeddings[1], manual, atol=1e-5, rtol=1e-5)
-    emb = torch.randn(4, 16, requires_grad=True)
+    emb = torch.randn(4, D, requires_grad=True)
     ens(emb).sum().backward()  # usable on a student's output
     assert emb.grad is not None
     with pytest.raises(ConfigError, match="bogus"):
@@ -185,10 +181,13 @@ def test_save_load_round_trip(kind, tmp_path):
     path = save_head(head, tmp_path / "heads" / "h", {"teacher_fingerprint": "abc", "classes": ["a", "b"]})
     assert path.name == "h.safetensors" and (tmp_path / "heads" / "h.json").is_file()
     manifest = json.loads((tmp_path / "heads" / "h.json").read_text())
-    assert manifest["kind"] == kind and manifest["teacher_fingerprint"] == "abc"
+    assert manifest["kind"] == kind == head.kind and manifest["teacher_fingerprint"] == "abc"
+    assert manifest["format"] == 1 and manifest["head"] == json.loads(json.dumps(head.arguments()))
+    assert manifest["tensors"] == "h.safetensors" and manifest["classes"] == ["a", "b"]
     for p in (tmp_path / "heads" / "h", path, tmp_path / "heads" / "h.json"):
         loaded = load_head(p)
-        assert type(loaded) is type(head)
+        assert type(loaded) is type(head) and loaded.num_classes == head.num_classes and not loaded.training
+        assert loaded.arguments() == head.arguments()
         torch.testing.assert_close(loaded(x), head(x), atol=0, rtol=0)
     if kind == "linear":
         assert loaded.normalize is False
@@ -203,3 +202,68 @@ def test_label_map_accuracy_head_on_logits_is_log_prob():
     out = head(torch.randn(4, 1000))
     assert out.shape == (4, 10) and (out <= 0).all() and (out.exp().sum(1) <= 1 + 1e-5).all()
     assert not math.isnan(out.sum().item())
+
+
+def test_heads_describe_themselves():
+    text, lmap, probe = TextHead(torch.randn(5, 8), 42.0), LabelMapHead([[0, 1], [2]], 3), LinearProbe(8, 4, normalize=False)
+    assert {h.kind: type(h) for h in (text, lmap, probe)} == {k: v for k, v in HEADS.items()}
+    assert (text.num_classes, lmap.num_classes, probe.num_classes) == (5, 2, 4)
+    assert text.arguments() == {"logit_scale": 42.0, "num_classes": 5}
+    assert lmap.arguments() == {"groups": [[0, 1], [2]], "num_teacher_classes": 3}
+    assert probe.arguments() == {"in_dim": 8, "num_classes": 4, "normalize": False}
+
+
+def test_load_head_refuses_damaged_or_foreign_files(tmp_path):
+    head = LinearProbe(8, 4)
+    save_head(head, tmp_path / "h")
+    meta = json.loads((tmp_path / "h.json").read_text())
+    (tmp_path / "h.json").write_text(json.dumps({**meta, "kind": "resnet"}))
+    with pytest.raises(ConfigError, match=r"is not a saved head \(kind 'resnet'; valid: text, label_map, linear\)"):
+        load_head(tmp_path / "h")
+    (tmp_path / "h.json").write_text(json.dumps({**meta, "head": {**meta["head"], "in_dim": 9}}))
+    with pytest.raises(ConfigError, match="does not match its tensors"):
+        load_head(tmp_path / "h")
+    (tmp_path / "h.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "head"}))
+    with pytest.raises(ConfigError, match="is not a saved head"):
+        load_head(tmp_path / "h")
+    (tmp_path / "h.safetensors").unlink()
+    with pytest.raises(ConfigError, match="No saved head.*h.safetensors"):
+        load_head(tmp_path / "h")
+    with pytest.raises(ConfigError, match="is not one of TextHead, LabelMapHead, LinearProbe"):
+        save_head(torch.nn.Linear(2, 2), tmp_path / "x")
+
+
+def test_build_head_for_each_kind(tiny_clip, tmp_path):
+    text = build_head("text", classes=["cat", "dog"], dataset="imagefolder", teacher=tiny_clip, templates="tutorial")
+    assert isinstance(text, TextHead) and text.num_classes == 2 and not text.training
+    torch.testing.assert_close(text.text_embeddings, build_text_head(tiny_clip, ["cat", "dog"], "tutorial").text_embeddings)
+    assert not any(p.requires_grad for p in text.parameters())
+
+    lmap = build_head("label_map", classes=STL10, dataset="stl10")
+    assert isinstance(lmap, LabelMapHead) and lmap.groups == load_label_map("stl10", STL10).groups
+    assert build_head("label_map", classes=CIFAR10, dataset="demo").groups == load_label_map("cifar10", CIFAR10).groups
+    mine = tmp_path / "map.json"
+    mine.write_text(json.dumps({"cat": [281], "dog": [151]}))
+    assert build_head("label_map", classes=["dog", "cat"], dataset="imagefolder", label_map=str(mine)).groups == [[151], [281]]
+
+    with pytest.raises(ConfigError, match="linear head needs a probe"):
+        build_head("linear", classes=["cat", "dog"], dataset="imagefolder")
+    save_head(LinearProbe(D, 2), tmp_path / "probe")
+    probe = build_head("linear", classes=["cat", "dog"], dataset="imagefolder", saved=str(tmp_path / "probe"))
+    assert isinstance(probe, LinearProbe) and probe.num_classes == 2
+    with pytest.raises(ConfigError, match="holds a 'linear' head, not a 'text' head"):
+        build_head("text", classes=["cat", "dog"], dataset="imagefolder", saved=str(tmp_path / "probe"))
+    with pytest.raises(ConfigError, match="scores 2 classes but dataset 'imagefolder' has 3"):
+        build_head("linear", classes=["cat", "dog", "ship"], dataset="imagefolder", saved=str(tmp_path / "probe"))
+    with pytest.raises(ConfigError, match="Unknown head 'knn'"):
+        build_head("knn", classes=["cat"], dataset="imagefolder")
+
+
+def test_default_label_map():
+    assert DEFAULT_LABEL_MAPS == {"cifar10": "cifar10", "demo": "cifar10", "stl10": "stl10"}
+    assert default_label_map("stl10", STL10) == "stl10" and default_label_map("demo", CIFAR10) == "cifar10"
+    # Another dataset uses the first shipped map that covers all its classes (case and '_' insensitive).
+    assert default_label_map("imagefolder", ["Cat", "dog"]) == "cifar10"
+    assert default_label_map("imagefolder", ["monkey", "car"]) == "stl10"
+    with pytest.raises(ConfigError, match=r"No shipped label map covers the classes of dataset 'imagefolder' \(cat, sofa\)"):
+        default_label_map("imagefolder", ["cat", "sofa"])

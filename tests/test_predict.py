@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
-import open_clip
 import pytest
 import torch
 from PIL import Image
 
-from edgedistill import export as ex
+from conftest import tiny_teacher_cfg
 from edgedistill import storage
-from edgedistill.config import TeacherConfig
-from edgedistill.errors import EdgeDistillError
-from edgedistill.predict import collect_images, load_classifier, predict_command
+from edgedistill.data.views import ViewSpec
+from edgedistill.deploy import export as ex
+from edgedistill.deploy.predict import collect_images, load_classifier, predict_command
+from edgedistill.deploy.runtime import OnnxModel, preprocess
+from edgedistill.errors import ConfigError, EdgeDistillError
 
-TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
-open_clip.factory._MODEL_CONFIGS["tiny-deploy"] = TINY_CLIP
 CLASSES = ["cat", "dog", "ship"]
 VIEW = {"image_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear"}
 
@@ -53,31 +52,58 @@ def images(tmp_path):
     return folder
 
 
+def _torch_probs(run, paths) -> np.ndarray:
+    """Reference probabilities: the PyTorch student on the same preprocessed pixels."""
+    model, meta = ex.load_student_deploy(run)
+    x = torch.from_numpy(np.stack([preprocess(Image.open(p), meta.view_spec) for p in paths]))
+    with torch.no_grad():
+        return torch.softmax(model(x), dim=1).numpy()
+
+
 def test_onnx_and_run_dir_agree_and_files_written(student, images, tmp_path, capsys):
     run, exp = student
     predict_command(str(exp / "model.onnx"), [str(images)], top_k=2, out=str(tmp_path / "p.json"), batch_size=2)
     out = json.loads((tmp_path / "p.json").read_text())
-    assert len(out["predictions"]) == 5 and [e["path"] for e in out["errors"]] == [str(images / "broken.jpg")]
+    paths = sorted(str(p) for p in [*images.glob("*.png"), *images.glob("[0-9].jpg"), images / "sub" / "4.jpg"])
+    assert sorted(p["path"] for p in out["predictions"]) == paths
+    assert [e["path"] for e in out["errors"]] == [str(images / "broken.jpg")]
+    ref = dict(zip(paths, _torch_probs(run, paths)))
+    # Each reported probability is the reference probability of the label it names, in descending order
+    # (compared by label, so a near-tie between two classes cannot make the test flaky).
     for p in out["predictions"]:
-        assert len(p["top"]) == 2 and {t["label"] for t in p["top"]} <= set(CLASSES)
-        assert p["top"][0]["probability"] >= p["top"][1]["probability"]
-    assert "broken.jpg" in capsys.readouterr().err
+        expected = ref[p["path"]]
+        got = [t["probability"] for t in p["top"]]
+        assert len(p["top"]) == 2 and got == sorted(got, reverse=True)
+        np.testing.assert_allclose(got, [expected[CLASSES.index(t["label"])] for t in p["top"]], atol=1e-4)
+        np.testing.assert_allclose(got, np.sort(expected)[::-1][:2], atol=1e-4)
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "1 of 6 files could not be read" in err
     # The PyTorch run directory gives the same probabilities as the ONNX file.
     predict_command(str(run), [str(images / "*.png"), str(images / "0.jpg")], top_k=3, out=str(tmp_path / "p.csv"))
     rows = (tmp_path / "p.csv").read_text().splitlines()
     assert rows[0] == "path,rank,label,probability,error" and len(rows) == 1 + 3 * 3
-    onnx_top = {p["path"]: p["top"][0] for p in out["predictions"]}
-    first = rows[1].split(",")
-    assert onnx_top[first[0]]["label"] == first[2]
-    assert float(first[3]) == pytest.approx(onnx_top[first[0]]["probability"], abs=1e-4)
+    onnx_prob = {(p["path"], t["label"]): t["probability"] for p in out["predictions"] for t in p["top"]}
+    seen = set()
+    for line in rows[1:]:
+        path, rank, label, prob, error = line.split(",")
+        assert error == "" and path in ref and rank in "123"
+        seen.add((path, label))
+        assert float(prob) == pytest.approx(ref[path][CLASSES.index(label)], abs=1e-4)
+        if (path, label) in onnx_prob:
+            assert float(prob) == pytest.approx(onnx_prob[path, label], abs=1e-4)
+    assert {path for path, _ in seen} == {str(images / "1.png"), str(images / "3.png"), str(images / "0.jpg")}
+    assert len(seen) == 9  # every class once per image
 
 
-def test_probabilities_sum_to_one(student, images):
+def test_probabilities_sum_to_one_and_export_dir_equals_file(student, images):
     clf = load_classifier(student[1])  # the export directory
-    x = np.stack([ex.preprocess_image(Image.open(p), clf.view) for p in collect_images([str(images / "*.png")])[0]])
+    assert clf.labels == CLASSES and clf.view == ViewSpec(**VIEW)
+    x = np.stack([preprocess(Image.open(p), clf.view) for p in collect_images([str(images / "*.png")])[0]])
     probs = clf.score(x)
     assert probs.shape == (2, 3)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(probs, load_classifier(student[1] / "model.onnx").score(x), atol=1e-6)
+    np.testing.assert_allclose(probs, load_classifier(student[0]).score(x), atol=1e-4)  # the run directory
 
 
 def test_bad_inputs_raise_one_clear_error(student, images, tmp_path):
@@ -94,31 +120,59 @@ def test_bad_inputs_raise_one_clear_error(student, images, tmp_path):
         predict_command(str(fake), [str(images / "0.jpg")])
     with pytest.raises(EdgeDistillError, match="Not a model"):
         predict_command(str(images / "notes.txt"), [str(images / "0.jpg")])
+    with pytest.raises(ConfigError, match="unknown format '.txt'"):
+        predict_command(model, [str(images / "0.jpg")], out=str(tmp_path / "p.txt"))
+    with pytest.raises(ConfigError, match="top_k=0"):
+        predict_command(model, [str(images / "0.jpg")], top_k=0)
+    assert not (tmp_path / "p.txt").exists()
 
 
-def test_cli_exit_code_and_one_line(student, tmp_path, capsys):
+def test_cli_exit_code_and_one_line(student, images, tmp_path, capsys):
     from edgedistill.cli import main
 
     code = main(["predict", "--model", str(student[1]), "--inputs", f"[{tmp_path / 'nope.png'}]"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "nope.png" in err[0]
+    # Positional form: MODEL IMAGE...; prints one line per image.
+    code = main(["predict", str(student[1] / "model.onnx"), str(images / "0.jpg"), str(images / "1.png"), "--top_k", "1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and len(lines) == 2 and lines[0].startswith(f"{images / '0.jpg'}: ")
+    assert all(line.split(": ", 1)[1].split()[0] in CLASSES for line in lines)
 
 
 def test_prompts_repurpose_embedding_model(tmp_path, images):
-    model, meta, teacher = ex.load_teacher_deploy(TeacherConfig(kind="openclip", model="tiny-deploy", pretrained=None))
+    model, meta, teacher = ex.load_teacher_deploy(tiny_teacher_cfg())
     ex.export_model(model, meta, tmp_path / "t", prompts=["a cat", "a dog"], teacher=teacher)
     path = tmp_path / "t" / "model.onnx"
     # Stored prompts: no teacher needed. Scores are softmax(scale * cos(image, text)).
     clf = load_classifier(path, ["a dog", "a cat"])
     assert clf.labels == ["a dog", "a cat"]
     img = Image.open(images / "0.jpg")
-    x = ex.preprocess_image(img, clf.view)[None]
+    x = preprocess(img, clf.view)[None]
     with torch.no_grad():
         emb = torch.nn.functional.normalize(model(torch.from_numpy(x)), dim=-1)
         text = torch.nn.functional.normalize(teacher.encode_text(["a dog", "a cat"]), dim=-1)
-    expected = torch.softmax(meta["logit_scale"] * emb @ text.T, dim=-1).numpy()
+    expected = torch.softmax(meta.logit_scale * emb @ text.T, dim=-1).numpy()
     np.testing.assert_allclose(clf.score(x), expected, atol=1e-4)
-    # A new prompt is embedded once with the teacher recorded in the metadata (random tiny-test here).
-    assert load_classifier(path, ["a fox", "a cat"]).score(x).shape == (1, 2)
+    # A new prompt is embedded once with the teacher recorded in the metadata (the seeded random tiny model here).
+    fox = load_classifier(path, ["a fox", "a cat"]).score(x)
+    with torch.no_grad():
+        text = torch.nn.functional.normalize(teacher.encode_text(["a fox", "a cat"]), dim=-1)
+    np.testing.assert_allclose(fox, torch.softmax(meta.logit_scale * emb @ text.T, dim=-1).numpy(), atol=1e-4)
     with pytest.raises(EdgeDistillError, match="give --prompts"):
         load_classifier(path)  # no logits output: classes must be named
+
+
+def test_prompts_without_teacher_or_embedding(student, tmp_path):
+    # A logits-only student cannot be re-purposed.
+    with pytest.raises(ConfigError, match="needs a model with an 'embedding' output"):
+        load_classifier(student[1], ["a fox"])
+    # An embedding model with stored prompts but no recorded teacher: only stored prompts work.
+    model, meta, teacher = ex.load_teacher_deploy(tiny_teacher_cfg())
+    ex.export_model(model, dataclasses.replace(meta, teacher=None), tmp_path / "t", prompts=["a cat"],
+                    teacher=teacher)
+    m = OnnxModel(tmp_path / "t")
+    assert m.meta.teacher is None and list(m.text) == ["a cat"]
+    assert m.classifier(["a cat"]).labels == ["a cat"]
+    with pytest.raises(EdgeDistillError, match=r"No text embeddings for prompts \['a fox'\]"):
+        m.classifier(["a fox"])

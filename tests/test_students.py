@@ -1,14 +1,19 @@
-"""create_student: output shapes, the small-input stem, local weights, helpful errors."""
+"""create_student: output shapes, the small-input stem, timm kwargs, local weights; load_student; helpful errors."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import timm
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
-from edgedistill.errors import ConfigError, WeightsNotFoundError
-from edgedistill.students import create_student
+from edgedistill.data.views import ViewSpec, student_view
+from edgedistill.errors import ConfigError, EdgeDistillError, WeightsNotFoundError
+from edgedistill.students import StudentManifest, count_parameters, create_student, load_student
 
 
 @pytest.mark.parametrize("arch", ["test_resnet", "test_efficientnet"])
@@ -64,3 +69,57 @@ def test_pretrained_loads_backbone_not_classifier(tmp_path) -> None:
     torch.save({"foo.weight": torch.zeros(3)}, other)
     with pytest.raises(WeightsNotFoundError, match="shares no weights"):
         create_student("test_resnet", 7, pretrained=str(other))
+
+
+def test_kwargs_reach_timm_create_model() -> None:
+    narrow = create_student("resnet10t", 10, kwargs={"channels": (16, 32, 64, 128)})
+    assert narrow.fc.in_features == 128 and narrow.layer1[0].conv1.out_channels == 16
+    assert narrow.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    assert count_parameters(narrow) < count_parameters(create_student("resnet10t", 10)) / 5
+    with pytest.raises(ConfigError, match=r"train.student_kwargs=\{'no_such_arg': 1\} do not fit student 'test_resnet'"):
+        create_student("test_resnet", 10, kwargs={"no_such_arg": 1})
+    with pytest.raises(ConfigError, match="num_outputs=0 must be >= 1"):
+        create_student("test_resnet", 0)
+
+
+def _save_student(folder: Path, model: nn.Module, **manifest) -> StudentManifest:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "student.safetensors")
+    m = StudentManifest(**{"arch": "resnet10t", "num_outputs": 5, "class_names": list("abcde"),
+                           "view": student_view(32).to_dict(), **manifest})
+    m.save(folder / "student.json")
+    return m
+
+
+def test_load_student_round_trip(tmp_path: Path) -> None:
+    kwargs = {"channels": [16, 32, 64, 128]}
+    torch.manual_seed(0)
+    model = create_student("resnet10t", 5, small_input=True, kwargs=kwargs).eval()
+    saved = _save_student(tmp_path / "run", model, small_input=True, kwargs=kwargs, target="logits",
+                          teacher={"kind": "openclip", "fingerprint": "abc"})
+    x = torch.randn(2, 3, 32, 32)
+    for path in (tmp_path / "run", tmp_path / "run" / "student.safetensors"):
+        loaded, manifest = load_student(path)
+        assert manifest == saved and isinstance(manifest, StudentManifest) and not loaded.training
+        assert ViewSpec(**manifest.view) == student_view(32)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+
+
+def test_load_student_errors_name_the_file(tmp_path: Path) -> None:
+    model = create_student("resnet10t", 5).eval()
+    _save_student(tmp_path / "run", model)
+    with pytest.raises(EdgeDistillError, match="Not a student model: .*model.onnx"):
+        load_student(tmp_path / "model.onnx")
+    with pytest.raises(EdgeDistillError, match="student.safetensors.*does not exist"):
+        load_student(tmp_path)  # a folder without the student files
+    wrong = json.loads((tmp_path / "run" / "student.json").read_text())
+    (tmp_path / "run" / "student.json").write_text(json.dumps({**wrong, "num_outputs": 7}))
+    with pytest.raises(EdgeDistillError, match="does not fit the resnet10t student of student.json"):
+        load_student(tmp_path / "run")
+    (tmp_path / "run" / "student.json").write_text(json.dumps({**wrong, "format": 99}))
+    with pytest.raises(EdgeDistillError, match="is not a valid student manifest.*format 99"):
+        load_student(tmp_path / "run")
+    (tmp_path / "run" / "student.json").write_text(json.dumps({**wrong, "optimizer": "sgd"}))
+    with pytest.raises(EdgeDistillError, match=r"is not a valid student manifest.*Unknown key\(s\) \['optimizer'\]"):
+        load_student(tmp_path / "run")

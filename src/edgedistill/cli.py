@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 
 from edgedistill.errors import EdgeDistillError
@@ -17,13 +18,13 @@ from edgedistill.errors import EdgeDistillError
 COMMANDS: dict[str, tuple[str, str]] = {
     "cache": ("edgedistill.cache:cache_command", "Compute and store teacher outputs (embeddings, logits) for a dataset."),
     "teacher": ("edgedistill.evaluate:teacher_command", "Teacher accuracy: zero-shot text head, ImageNet label map, or linear probe."),
-    "train": ("edgedistill.train:train_command", "Train a student: from labels, response KD or feature KD."),
+    "train": ("edgedistill.training.fit:train_command", "Train a student: from labels, response KD or feature KD."),
     "eval": ("edgedistill.evaluate:eval_command", "Evaluate a trained student (or teacher head) on a split or an ImageFolder."),
-    "run": ("edgedistill.experiments:run_command", "Run a YAML grid of trainings and write the results table and plots."),
-    "export": ("edgedistill.export:export_command", "Export a student or teacher image tower to ONNX (parity-checked), INT8, TensorRT."),
-    "bench": ("edgedistill.bench:bench_command", "Benchmark teacher vs student: latency, throughput, memory."),
-    "predict": ("edgedistill.predict:predict_command", "Classify images with an exported or checkpointed student."),
-    "demo": ("edgedistill.demo:demo_command", "The whole story offline on the bundled CIFAR-10 subset, with a report."),
+    "run": ("edgedistill.pipelines.grid:run_command", "Run a YAML grid of trainings and write the results table and plots."),
+    "export": ("edgedistill.deploy.export:export_command", "Export a student or teacher image tower to ONNX (parity-checked), INT8, TensorRT."),
+    "bench": ("edgedistill.deploy.bench:bench_command", "Benchmark teacher vs student: latency, throughput, memory."),
+    "predict": ("edgedistill.deploy.predict:predict_command", "Classify images with an exported or checkpointed student."),
+    "demo": ("edgedistill.pipelines.demo:demo_command", "The whole story offline on the bundled CIFAR-10 subset, with a report."),
 }
 
 
@@ -41,12 +42,18 @@ def _load(target: str):
 
 
 def build_parser(name: str):
-    """The jsonargparse parser of one sub-command, built from its function's signature."""
+    """The jsonargparse parser of one sub-command, built from its function's signature.
+
+    Field docstrings of the config dataclasses become the flags' help; abbreviated flags
+    (``--train.epoch``) are refused rather than guessed.
+    """
+    import jsonargparse
     from jsonargparse import ActionConfigFile, ArgumentParser
 
+    jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
     target, help_ = COMMANDS[name]
     func = _load(target)
-    parser = ArgumentParser(prog=f"edgedistill {name}", description=help_, exit_on_error=False)
+    parser = ArgumentParser(prog=f"edgedistill {name}", description=help_, exit_on_error=False, allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the flags below.")
     parser.add_function_arguments(func, as_group=False)
     return parser, func
@@ -76,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: edgedistill {name}: {_one_line(e)}", file=sys.stderr)
             return 2
         cfg.pop("config", None)
-        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in 4.49
-        kwargs = instantiate(cfg)
+        kwargs = parser.instantiate(cfg)
         kwargs.pop("config", None)
         func(**kwargs)
     except EdgeDistillError as e:
@@ -110,6 +116,9 @@ def _positionals_to_flags(func, argv: list[str]) -> list[str]:
     return out + rest
 
 
+_LITERAL = re.compile(r'Parser key "(?P<key>[^"]+)":\s*Expected a typing\.Literal\[(?P<choices>[^\]]*)\]\.\s*Got value: (?P<value>.*)')
+
+
 def _one_line(e: BaseException) -> str:
     # jsonargparse nests the cause (e.g. our ConfigError from __post_init__) in its message.
     cause = e
@@ -119,6 +128,10 @@ def _one_line(e: BaseException) -> str:
             return str(nxt)
         cause = nxt
     text = " ".join(str(e).split())
+    m = _LITERAL.search(text)
+    if m:  # the same words as config.check_choices, for a choice jsonargparse refused first
+        choices = ", ".join(c.strip().strip("'\"") for c in m["choices"].split(","))
+        return f"{m['key']}={m['value'].strip()!r} is invalid; valid: {choices}"
     return text if len(text) < 400 else text[:400] + " ..."
 
 

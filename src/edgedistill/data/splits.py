@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,10 +22,11 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from edgedistill.config import DataConfig
+from edgedistill.config import DataConfig, split_names
+from edgedistill.console import warn_once
 from edgedistill.data.sources import (
     CIFAR10_CLASSES,
-    DEFAULT_DATA_DIR,
+    DATA_DIR,
     BadImageError,
     CIFAR10Source,
     FashionMNISTSource,
@@ -49,13 +49,8 @@ class BadImageWarning(UserWarning):
     """An image was skipped because it cannot be decoded."""
 
 
-_warned: set[str] = set()  # per process: one warning per bad file, however many epochs
-
-
 def _warn_bad(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        warnings.warn(f"skipping {message}", BadImageWarning, stacklevel=3)
+    warn_once(f"skipping {message}", BadImageWarning)  # once per bad file, however many epochs
 
 
 @dataclass
@@ -173,15 +168,46 @@ class DataSplits:
     parts: dict[str, list[SplitPart]]
     manifest: dict[str, Any]
 
+    def parts_of(self, spec: str) -> list[SplitPart]:
+        """The parts (source, indices, labeled) of ``spec``, in order."""
+        return self._parts(spec)
+
     def _parts(self, spec: str) -> list[SplitPart]:
-        names = [s.strip() for s in spec.split("+")]
+        names = split_names(spec)
         for name in names:
             if name not in self.parts:
                 raise DataError(f"Unknown split {name!r} in {spec!r} for dataset {self.manifest['dataset']!r}. "
                                 f"Valid: {', '.join(self.parts)} (join with '+', e.g. 'train+unlabeled')")
-        if len(set(names)) != len(names):
-            raise DataError(f"Split {spec!r} names a split twice")
         return [p for name in names for p in self.parts[name]]
+
+    def size(self, spec: str | None) -> int:
+        """Number of images in ``spec``; 0 for None or for standard splits this dataset lacks."""
+        if not spec:
+            return 0
+        return sum(len(p.indices) for name in split_names(spec) for p in self.parts.get(name, []))
+
+    def hidden(self, spec: str) -> int:
+        """Number of images of ``spec`` whose labels are hidden (the unlabeled data it uses)."""
+        return sum(len(p.indices) for name in split_names(spec) for p in self.parts.get(name, []) if not p.labeled)
+
+    def sources_of(self, spec: str) -> list[str]:
+        """Keys of the sources touched by ``spec``, in first-use order.
+
+        A standard split this dataset lacks (e.g. ``unlabeled`` of a plain image folder) holds no
+        images and is skipped; an unknown name, or a spec of only missing splits, is an error.
+        """
+        names = split_names(spec)
+        unknown = [s for s in names if s not in SPLITS and s not in self.parts]
+        present = [s for s in names if s in self.parts]
+        if unknown or not present:
+            raise DataError(f"Split {spec!r} names {unknown or names} that this dataset does not have. "
+                            f"Valid: {', '.join(self.parts)} (join with '+', e.g. 'train+val')")
+        keys: list[str] = []
+        for name in present:
+            for part in self.parts[name]:
+                if len(part.indices) and part.source not in keys:
+                    keys.append(part.source)
+        return keys
 
     def dataset(self, spec: str, transform: Callable | None) -> SplitDataset:
         """The images of ``spec`` (e.g. ``"train"``, ``"train+unlabeled"``), called through ``transform(pil, source, index)``."""
@@ -228,7 +254,7 @@ def _torchvision():
 
 
 def _stl10(cfg: DataConfig) -> tuple[Path, list[Source], list[Source], list[Source]]:
-    root = Path(cfg.root).expanduser() if cfg.root else DEFAULT_DATA_DIR / "stl10"
+    root = Path(cfg.root).expanduser() if cfg.root else DATA_DIR / "stl10"
     d = _find_or_download(
         "STL10", root, cfg, find_stl10_dir,
         lambda: _torchvision().datasets.STL10(str(root), split="train", download=True),
@@ -241,7 +267,7 @@ def _stl10(cfg: DataConfig) -> tuple[Path, list[Source], list[Source], list[Sour
 
 
 def _cifar10(cfg: DataConfig) -> tuple[Path, list[Source], list[Source], list[Source]]:
-    root = Path(cfg.root).expanduser() if cfg.root else DEFAULT_DATA_DIR
+    root = Path(cfg.root).expanduser() if cfg.root else DATA_DIR
     pickles = find_cifar10_pickles(root)
     if pickles is None and (root / "train").is_dir():
         train = ImageFolderSource(root / "train", "cifar10/train")

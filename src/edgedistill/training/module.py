@@ -25,10 +25,6 @@ from torchmetrics.classification import MulticlassAccuracy
 from edgedistill.errors import ConfigError, EdgeDistillError
 from edgedistill.losses import IGNORE_INDEX, cross_entropy, feature_kd_loss, label_loss, response_kd_loss
 
-TARGETS = ("labels", "logits", "embedding")
-OPTIMIZERS = ("sgd", "adamw", "adam")
-SCHEDULES = ("cosine", "constant")
-
 
 class NonFiniteLossError(EdgeDistillError):
     """The training loss became NaN or infinite (learning rate too high, fp16 overflow, ...)."""
@@ -134,6 +130,9 @@ class DistillModule(L.LightningModule):
         momentum: SGD momentum.
         warmup_steps: Linear warmup length in optimizer steps.
         schedule: ``cosine`` (to 0 at the last step, after warmup) or ``constant``.
+        batch_augment: ``data.transforms.BatchAugment`` for batches of decoded ``pixels`` (the pixels
+            input path): crops, flips and normalises them on the device after transfer.
+        aug: Crop and flip training batches of pixels (evaluation batches are only normalised).
     """
 
     def __init__(
@@ -155,18 +154,15 @@ class DistillModule(L.LightningModule):
         momentum: float = 0.9,
         warmup_steps: int = 0,
         schedule: str = "cosine",
+        batch_augment: nn.Module | None = None,
+        aug: bool = True,
     ) -> None:
         super().__init__()
-        if target not in TARGETS:
-            raise ConfigError(f"Unknown target {target!r}. Valid: {', '.join(TARGETS)}")
+        # Values are validated once, by TrainConfig; these are the module's own wiring invariants.
         if target == "embedding" and head is None:
             raise ConfigError("target='embedding' needs a head (text or linear) to classify the student's embedding")
         if target != "labels" and targets is None:
             raise ConfigError(f"target={target!r} needs teacher targets (a cache or the online teacher)")
-        if optimizer not in OPTIMIZERS:
-            raise ConfigError(f"Unknown optimizer {optimizer!r}. Valid: {', '.join(OPTIMIZERS)}")
-        if schedule not in SCHEDULES:
-            raise ConfigError(f"Unknown schedule {schedule!r}. Valid: {', '.join(SCHEDULES)}")
         self.student = student
         self.head = head
         if head is not None:
@@ -184,6 +180,7 @@ class DistillModule(L.LightningModule):
             "warmup_steps": warmup_steps,
             "schedule": schedule,
         }
+        self.batch_augment, self.aug = batch_augment, aug
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
 
@@ -197,6 +194,13 @@ class DistillModule(L.LightningModule):
         """Class logits ``[B, C]`` for images ``x [B, 3, H, W]`` (through the head for embedding students)."""
         out = self.student(x)
         return self.head(out) if self.target == "embedding" else out
+
+    def on_after_batch_transfer(self, batch: dict[str, Any] | None, dataloader_idx: int) -> dict[str, Any] | None:
+        """Batches of decoded pixels become normalised (and, in training, augmented) images on the device."""
+        if batch is not None and "pixels" in batch:
+            training = self._trainer is not None and self.trainer.training
+            batch["image"] = self.batch_augment(batch.pop("pixels"), aug=training and self.aug, boxes=batch.pop("aug", None))
+        return batch
 
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """The named loss parts for one training batch (see :mod:`edgedistill.losses`)."""
@@ -216,7 +220,9 @@ class DistillModule(L.LightningModule):
             out, teacher, logits, labels, kind=a["feature_loss"], kd_weight=a["kd_weight"], ce_weight=a["ce_weight"]
         )
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> Tensor | None:
+        if batch is None:  # every image of the batch unreadable: skip the step
+            return None
         parts = self.compute_loss(batch)
         loss = parts["loss"]
         finite = bool(torch.isfinite(loss.detach()))
@@ -236,7 +242,9 @@ class DistillModule(L.LightningModule):
             self.log(f"train/{name}", value, on_step=True, on_epoch=True, prog_bar=name == "loss", batch_size=bs)
         return loss
 
-    def _eval_step(self, batch: dict[str, Any], stage: str, metric: MulticlassAccuracy) -> None:
+    def _eval_step(self, batch: dict[str, Any] | None, stage: str, metric: MulticlassAccuracy) -> None:
+        if batch is None:
+            return
         logits = self(batch["image"])
         labels = batch["label"]
         metric.update(logits, labels)
@@ -251,19 +259,13 @@ class DistillModule(L.LightningModule):
         self._eval_step(batch, "test", self.test_acc)
 
     def configure_optimizers(self) -> dict[str, Any]:
+        from timm.optim import create_optimizer_v2
+
         o = self.optim_args
-        decay, no_decay = [], []
-        for p in self.student.parameters():
-            if p.requires_grad:
-                # Biases and norm scales (1-D) are not decayed: decay there only hurts (Goyal et al. 2017).
-                (no_decay if p.ndim <= 1 else decay).append(p)
-        groups = [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-        if o["optimizer"] == "sgd":
-            opt = torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], nesterov=o["momentum"] > 0)
-        elif o["optimizer"] == "adamw":
-            opt = torch.optim.AdamW(groups, lr=o["lr"])
-        else:
-            opt = torch.optim.Adam(groups, lr=o["lr"])
+        # timm's factory: biases and norm scales (1-D) are not decayed (Goyal et al. 2017); "sgd" is Nesterov.
+        name = {"sgd": "sgd" if o["momentum"] > 0 else "momentum"}.get(o["optimizer"], o["optimizer"])
+        opt = create_optimizer_v2(self.student, opt=name, lr=o["lr"], weight_decay=o["weight_decay"],
+                                  momentum=o["momentum"], filter_bias_and_bn=True)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(o["warmup_steps"], total, o["schedule"]))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

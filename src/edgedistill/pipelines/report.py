@@ -7,24 +7,12 @@ numbers change.
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
+from typing import Any
 
-from edgedistill import storage
-
-# The tutorial's published figures (jetson-intro-to-distillation, STL10 test accuracy and
-# Jetson Orin Nano TensorRT FP16, batch 8, 224x224). Shown for reference, labelled as such.
-TUTORIAL_ACCURACY = {
-    "teacher zero-shot (OpenCLIP ViT-B-32, text prompts)": 96.68,
-    "teacher linear probe": 98.57,
-    "resnet18 from scratch (5k labels)": 57.93,
-    "resnet18 response KD, labeled only (linear head)": 60.65,
-    "resnet18 response KD, + unlabeled (linear head)": 96.88,
-    "resnet18 feature KD, + unlabeled (linear head)": 96.912,
-}
-TUTORIAL_DEPLOY = [
-    {"model": "OpenCLIP ViT-B-32", "throughput_ips": 335.8, "latency_ms": 23.82, "memory_mb": 1087},
-    {"model": "resnet18", "throughput_ips": 1420.2, "latency_ms": 5.97, "memory_mb": 315},
-]
+from edgedistill import storage, tutorial
 
 
 def _pct(x: float | None) -> str:
@@ -122,12 +110,119 @@ def write_report(results: dict, out_dir: Path) -> Path:
               "that loads and runs only that model.", "", "![throughput and latency](bench.png)", "",
               "## The tutorial's published figures (for reference; STL10, Jetson Orin Nano)", "",
               "| tutorial run | STL10 test accuracy % |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in TUTORIAL_ACCURACY.items()]
+    lines += [f"| {desc} | {acc} |" for desc, acc in tutorial.ACCURACY.values()]
     lines += ["", "| tutorial model (TensorRT FP16, batch 8, 224 px) | images/s | latency ms | memory MB |",
               "|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['throughput_ips']} | {r['latency_ms']} | {r['memory_mb']} |" for r in TUTORIAL_DEPLOY]
+    lines += [f"| {r['arch']} | {r['throughput_ips']} | {r['latency_ms_p50']} | {r['peak_mem_mb']:.0f} |" for r in tutorial.DEPLOY]
     lines += ["", "The tutorial selected its checkpoints on the test set; here checkpoints are selected on a "
               "validation split carved from the labeled images and the evaluation images are read once.", ""]
     path = out_dir / "report.md"
     storage.write_text(path, "\n".join(lines))
     return path
+
+
+# ----------------------------------------------------------------------------- grid results
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{100 * x:.2f}" if x <= 1.0 else f"{x:.2f}"
+    return str(x)
+
+
+def write_grid_results(results: dict, out: Path) -> None:
+    """``results.json``, ``results.csv``, ``results.md`` and the two plots, into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = results["rows"]
+    storage.write_json(out / "results.json", results)
+    cols = ["name", "kind", "arch", "target", "head", "unlabeled", "n_unlabeled", "val_acc", "test_acc", "published", "train_s"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    storage.write_text(out / "results.csv", buf.getvalue())
+    has_test = any(r.get("test_acc") is not None for r in rows)
+    has_pub = any(r.get("published") is not None for r in rows)
+    head = ["run", "arch", "target", "unlabeled data", "val acc %"] + (["test acc %"] if has_test else []) + (
+        ["tutorial (published) %"] if has_pub else []) + ["train min"]
+    train_s = sum(r.get("train_s") or 0.0 for r in rows)
+    lines = [f"# Results: {results.get('name')}", "",
+             f"Grid `{results['grid']}`: this invocation took {results['elapsed_s']:.0f} s; the students' training "
+             f"times (including earlier, resumed or skipped invocations) add up to {train_s / 60:.1f} min.",
+             "Validation accuracy selects checkpoints; test accuracy (where shown) is read once, at the end.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["name"], r.get("arch") or "", r.get("target") or "", str(r.get("n_unlabeled") or "—"), _fmt(r.get("val_acc"))]
+        cells += [_fmt(r.get("test_acc"))] if has_test else []
+        cells += [_fmt(r.get("published"))] if has_pub else []
+        cells += [f"{r['train_s'] / 60:.1f}" if r.get("train_s") else "—"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "![accuracy per run](accuracy.png)", "", "![accuracy vs unlabeled data](accuracy_vs_unlabeled.png)", ""]
+    storage.write_text(out / "results.md", "\n".join(lines))
+    plot_accuracy(rows, out / "accuracy.png", title=f"{results.get('name')}: accuracy per run")
+    plot_accuracy_vs_unlabeled(rows, out / "accuracy_vs_unlabeled.png")
+
+
+def _acc(r: dict) -> float | None:
+    return r.get("test_acc") if r.get("test_acc") is not None else r.get("val_acc")
+
+
+def plot_accuracy(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if _acc(r) is not None]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+    colors = ["#7a7a7a" if r["kind"] == "teacher" else "#2a7ab9" for r in rows]
+    y = range(len(rows))
+    ax.barh(list(y), [100 * _acc(r) for r in rows], color=colors)
+    for i, r in enumerate(rows):
+        ax.text(100 * _acc(r) + 0.5, i, f"{100 * _acc(r):.1f}", va="center", fontsize=8)
+    ax.set_yticks(list(y), [r["name"] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("accuracy % (test where read, else validation); grey: teacher")
+    ax.set_xlim(0, 105)
+    ax.set_title(title)
+    fig.tight_layout()
+    with storage.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def plot_accuracy_vs_unlabeled(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    groups: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        if r["kind"] == "student" and _acc(r) is not None:
+            key = f"{r['arch']} · {r['target']}"
+            groups.setdefault(key, []).append((int(r.get("n_unlabeled") or 0), 100 * _acc(r)))
+    for key, pts in sorted(groups.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
+    for r in rows:
+        if r["kind"] == "teacher" and _acc(r) is not None:
+            ax.axhline(100 * _acc(r), ls="--", color="grey", lw=1)
+            # x in axes units: the label stays inside whatever range the points span
+            ax.text(0.01, 100 * _acc(r) + 0.5, r["name"], fontsize=7, color="grey", transform=ax.get_yaxis_transform())
+    xmax = max((x for pts in groups.values() for x, _ in pts), default=0)
+    ax.set_xlim(-0.03 * max(xmax, 1), 1.05 * max(xmax, 1))  # always from no unlabeled data up
+    ax.set_xlabel("unlabeled images used")
+    ax.set_ylabel("accuracy %")
+    ax.set_title("accuracy vs amount of unlabeled data")
+    if groups:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with storage.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+

@@ -8,6 +8,9 @@ neither torch nor edgedistill's training code.
 
     rows = bench_models([student_entry, teacher_entry], batch_sizes=(1, 8), runtimes=("pytorch", "onnxruntime"))
     write_bench(rows, "bench/")   # bench.json, bench.md, bench.png
+
+Runtimes are entries of ``RUNTIMES`` (engine, execution providers, device); the tutorial's
+Jetson figures come from ``edgedistill.tutorial`` and are shown as reference only.
 """
 
 from __future__ import annotations
@@ -19,25 +22,30 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
-from edgedistill import storage
+from edgedistill import storage, tutorial
+from edgedistill.deploy.runtime import ort_session, read_metadata
 from edgedistill.errors import ConfigError, EdgeDistillError
 
-RUNTIMES = ("pytorch", "pytorch-cuda", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
-_ORT_PROVIDERS = {
-    "onnxruntime": ["CPUExecutionProvider"],
-    "onnxruntime-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-    "onnxruntime-tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+@dataclass(frozen=True)
+class Runtime:
+    """One way to run a model: an engine, its execution providers, and whether it needs CUDA."""
+
+    engine: Literal["pytorch", "onnxruntime", "tensorrt"]
+    providers: tuple = ()
+    cuda: bool = False
+
+
+RUNTIMES: dict[str, Runtime] = {
+    "pytorch": Runtime("pytorch"),
+    "pytorch-cuda": Runtime("pytorch", cuda=True),
+    "onnxruntime": Runtime("onnxruntime", ("CPUExecutionProvider",)),
+    "onnxruntime-cuda": Runtime("onnxruntime", ("CUDAExecutionProvider", "CPUExecutionProvider"), cuda=True),
+    "onnxruntime-tensorrt": Runtime("onnxruntime", (("TensorrtExecutionProvider", {"trt_fp16_enable": True}),
+                                                   "CUDAExecutionProvider", "CPUExecutionProvider"), cuda=True),
+    "tensorrt": Runtime("tensorrt", cuda=True),
 }
-TUTORIAL_JETSON = [
-    # The tutorial's published deployment figures; reference only, not measured here.
-    {"model": "teacher", "arch": "OpenCLIP ViT-B-32", "runtime": "Jetson Orin Nano TensorRT (tutorial, reference)",
-     "precision": "fp16", "batch": 8, "resolution": 224, "throughput_ips": 335.8, "latency_ms_p50": 23.82, "peak_mem_mb": 1087.0},
-    {"model": "student", "arch": "resnet18", "runtime": "Jetson Orin Nano TensorRT (tutorial, reference)",
-     "precision": "fp16", "batch": 8, "resolution": 224, "throughput_ips": 1420.2, "latency_ms_p50": 5.97, "peak_mem_mb": 315.0},
-]
-TUTORIAL_RATIOS = {"throughput": 4.2, "memory": 3.45}
 
 
 @dataclass
@@ -92,54 +100,17 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def ort_session(path: str | os.PathLike, providers: Sequence[str] | None = None, threads: int | None = None,
-                settings: dict | None = None):
-    """An ONNX Runtime session; the one place sessions are made (export, predict, bench children).
-
-    Lives here, not in ``export``, because the benchmark's ONNX children must not import torch.
-
-    Args:
-        path: the ONNX model.
-        providers: execution providers; default CPU.
-        threads: intra-op threads; None lets ONNX Runtime use every core.
-        settings: extra SessionOptions: ``graph_optimization_level`` (default ``ORT_ENABLE_ALL``),
-            ``config_entries`` (session config entries), or any SessionOptions attribute.
-    """
-    import onnxruntime as ort
-
-    settings = settings or {}
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, settings.get("graph_optimization_level", "ORT_ENABLE_ALL"))
-    if threads:
-        opts.intra_op_num_threads = threads
-    for key, value in settings.items():
-        if key == "config_entries":
-            for k, v in value.items():
-                opts.add_session_config_entry(k, str(v))
-        elif key != "graph_optimization_level":
-            setattr(opts, key, value)
-    opts.log_severity_level = 3  # FP16/INT8 models log harmless per-node warnings otherwise
-    providers = list(providers or ["CPUExecutionProvider"])
-    if providers[0] == "TensorrtExecutionProvider":
-        providers = [("TensorrtExecutionProvider", {"trt_fp16_enable": True})] + providers[1:]
-    return ort.InferenceSession(str(path), opts, providers=providers)
-
-
 def _build_torch(spec: dict):
     if spec["kind"] == "student":
-        from edgedistill.export import load_student_deploy
+        from edgedistill.deploy.export import load_student_deploy
 
         return load_student_deploy(spec["path"])[0]
     if spec["kind"] == "teacher":
-        from edgedistill.export import load_teacher_deploy, teacher_config
+        from edgedistill.deploy.export import load_teacher_deploy, teacher_config
 
         return load_teacher_deploy(teacher_config(spec["config"]))[0]
     if spec["kind"] == "open_clip":
-        import open_clip
-
-        if spec.get("config"):
-            open_clip.factory._MODEL_CONFIGS[spec["name"]] = spec["config"]
-        return open_clip.create_model(spec["name"], pretrained=None).visual
+        return _open_clip_tower(spec["name"], spec.get("config"))
     if spec["kind"] == "timm":
         import timm
 
@@ -166,14 +137,14 @@ def _measure(job: dict) -> dict:
     """Run one benchmark configuration in this (fresh) process; returns latencies and memory."""
     import numpy as np
 
-    runtime, batch, size = job["runtime"], job["batch"], job["resolution"]
+    runtime, batch, size = RUNTIMES[job["runtime"]], job["batch"], job["resolution"]
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
-    if runtime.startswith("onnxruntime"):
+    if runtime.engine == "onnxruntime":
         import onnxruntime  # noqa: F401 - imported before the baseline so the runtime itself is not counted
 
         base = _rss_mb("VmRSS")
         _reset_peak_rss()
-        sess = ort_session(job["path"], _ORT_PROVIDERS[runtime], job["threads"], job["ort_settings"])
+        sess = ort_session(job["path"], runtime.providers, job["threads"], job["ort_settings"])
         name = sess.get_inputs()[0].name
         times = _time(lambda: sess.run(None, {name: x}), job["warmup"], job["iters"])
         gpu_mb = None
@@ -182,19 +153,19 @@ def _measure(job: dict) -> dict:
 
         if job["threads"]:
             torch.set_num_threads(job["threads"])
-        cuda = runtime != "pytorch"
+        cuda = runtime.cuda
         if cuda:
             torch.zeros(1, device="cuda")  # create the CUDA context before the baseline
         if job["torch"] is not None:  # import the model's libraries before the baseline too
             import importlib
 
-            for mod in {"student": ["timm", "edgedistill.export"], "teacher": ["timm", "open_clip", "edgedistill.export"],
+            for mod in {"student": ["timm", "edgedistill.deploy.export"], "teacher": ["timm", "open_clip", "edgedistill.deploy.export"],
                         "open_clip": ["open_clip"], "timm": ["timm"]}.get(job["torch"]["kind"], []):
                 importlib.import_module(mod)
         base = _rss_mb("VmRSS")
         _reset_peak_rss()
         sync = torch.cuda.synchronize if cuda else (lambda: None)
-        if runtime == "tensorrt":
+        if runtime.engine == "tensorrt":
             run = _tensorrt_runner(job["path"], torch.from_numpy(x).cuda())
         else:
             model = _build_torch(job["torch"]).eval()
@@ -247,22 +218,23 @@ def _child_main() -> None:
 # --------------------------------------------------------------------------- the parent
 
 
-def _runtime_available(runtime: str) -> tuple[bool, str]:
-    if runtime.startswith("onnxruntime"):
+def _runtime_available(name: str) -> tuple[bool, str]:
+    runtime = RUNTIMES[name]
+    if runtime.engine == "onnxruntime":
         import onnxruntime as ort
 
-        need = _ORT_PROVIDERS[runtime][0]
+        need = runtime.providers[0] if isinstance(runtime.providers[0], str) else runtime.providers[0][0]
         have = ort.get_available_providers()
         return (need in have, f"ONNX Runtime has no {need} here (available: {', '.join(have)})")
-    if runtime in ("pytorch-cuda", "tensorrt"):
+    if runtime.cuda:
         import torch
 
         if not torch.cuda.is_available():
             return False, "no CUDA GPU is visible"
-        if runtime == "tensorrt":
-            from edgedistill.export import tensorrt_status
+    if runtime.engine == "tensorrt":
+        from edgedistill.deploy.quantize import tensorrt_status
 
-            return tensorrt_status()
+        return tensorrt_status()
     return True, ""
 
 
@@ -279,7 +251,7 @@ def _run_child(job: dict, timeout: float) -> dict:
     if job["threads"]:
         env["OMP_NUM_THREADS"] = str(job["threads"])
     proc = subprocess.run(
-        [sys.executable, "-c", "from edgedistill.bench import _child_main; _child_main()"],
+        [sys.executable, "-c", "from edgedistill.deploy.bench import _child_main; _child_main()"],
         input=json.dumps(job), capture_output=True, text=True, env=env, timeout=timeout,
     )
     if proc.returncode != 0:
@@ -320,11 +292,7 @@ def bench_models(
         One row per measurement: ``{model, arch, runtime, precision, batch, resolution, native,
         throughput_ips, latency_ms_p50, latency_ms_p95, peak_mem_mb, file_mb, gpu_mem_mb, threads}``.
     """
-    bad = [r for r in runtimes if r not in RUNTIMES]
-    if bad:
-        raise ConfigError(f"Unknown runtime(s) {bad}. Valid: {', '.join(RUNTIMES)}")
-    if warmup < 0 or iters < 1 or any(b < 1 for b in batch_sizes):
-        raise ConfigError(f"warmup={warmup}, iters={iters}, batch_sizes={list(batch_sizes)}: need warmup >= 0, iters >= 1, batches >= 1")
+    check_bench_args(runtimes, batch_sizes, warmup, iters, precisions)
     rows: list[dict] = []
     for runtime in runtimes:
         ok, why = _runtime_available(runtime)
@@ -353,13 +321,30 @@ def bench_models(
     return rows
 
 
-def _variants(entry: BenchEntry, runtime: str, precisions: Sequence[str]) -> list[tuple[str, str | None]]:
+PRECISIONS = ("fp32", "int8", "fp16")
+
+
+def check_bench_args(runtimes: Sequence[str], batch_sizes: Sequence[int], warmup: int, iters: int,
+                     precisions: Sequence[str]) -> None:
+    """Refuse unknown runtimes or precisions and non-positive counts, before any work."""
+    bad = [r for r in runtimes if r not in RUNTIMES]
+    if bad:
+        raise ConfigError(f"Unknown runtime(s) {bad}. Valid: {', '.join(RUNTIMES)}")
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise ConfigError(f"Unknown precision(s) {bad}. Valid: {', '.join(PRECISIONS)}")
+    if warmup < 0 or iters < 1 or not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise ConfigError(f"warmup={warmup}, iters={iters}, batch_sizes={list(batch_sizes)}: need warmup >= 0, "
+                          "iters >= 1, batches >= 1")
+
+
+def _variants(entry: BenchEntry, name: str, precisions: Sequence[str]) -> list[tuple[str, str | None]]:
     """(precision, file) pairs an entry can run on a runtime."""
-    if runtime in ("pytorch", "pytorch-cuda"):
+    runtime = RUNTIMES[name]
+    if runtime.engine == "pytorch":
         return [("fp32", None)] if entry.torch is not None else []
-    files = entry.engines if runtime == "tensorrt" else entry.onnx
-    gpu = runtime != "onnxruntime"
-    return [(p, files[p]) for p in precisions if p in files and (gpu or p != "fp16")]
+    files = entry.engines if runtime.engine == "tensorrt" else entry.onnx
+    return [(p, files[p]) for p in precisions if p in files and (runtime.cuda or p != "fp16")]
 
 
 def _row_line(r: dict) -> str:
@@ -438,10 +423,10 @@ def format_table(rows: list[dict], ratios: list[dict] | None = None) -> str:
                          f"{q['student_resolution']}/{q['teacher_resolution']} | {q['speedup']:.2f}x | {q['memory_ratio']:.2f}x |")
     lines += ["", "## Reference: the tutorial's published Jetson Orin Nano figures (not measured here)", "",
               "| model | arch | runtime | precision | batch | res | img/s | latency ms | memory MB |", "|" + "---|" * 9]
-    for r in TUTORIAL_JETSON:
+    for r in tutorial.DEPLOY:
         lines.append(f"| {r['model']} | {r['arch']} | {r['runtime']} | {r['precision']} | {r['batch']} | {r['resolution']} | "
                      f"{r['throughput_ips']:.1f} | {r['latency_ms_p50']:.2f} | {r['peak_mem_mb']:.0f} |")
-    lines.append(f"\nTutorial ratios: {TUTORIAL_RATIOS['throughput']}x faster, {TUTORIAL_RATIOS['memory']}x less memory.")
+    lines.append(f"\nTutorial ratios: {tutorial.RATIOS['throughput']}x faster, {tutorial.RATIOS['memory']}x less memory.")
     return "\n".join(lines) + "\n"
 
 
@@ -452,11 +437,11 @@ def plot_bench(rows: list[dict], path: str | os.PathLike) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    all_rows = list(rows) + TUTORIAL_JETSON
+    all_rows = list(rows) + tutorial.DEPLOY
     labels = [f"{r['arch']}\n{r['runtime'].replace(' (tutorial, reference)', '*')}\n{r['precision']} b{r['batch']} {r['resolution']}px"
               for r in all_rows]
     colors = ["tab:orange" if r["model"] != "student" else "tab:blue" for r in all_rows]
-    hatch = ["//" if r in TUTORIAL_JETSON else "" for r in all_rows]
+    hatch = ["//" if r in tutorial.DEPLOY else "" for r in all_rows]
     fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.9 * len(all_rows)), 9), sharex=True)
     for ax, key, title in ((axes[0], "throughput_ips", "throughput (images/s, log)"), (axes[1], "peak_mem_mb", "peak memory (MB)")):
         bars = ax.bar(range(len(all_rows)), [r[key] for r in all_rows], color=colors)
@@ -477,8 +462,8 @@ def write_bench(rows: list[dict], out_dir: str | os.PathLike, *, notes: list[str
     """Write ``bench.json`` (rows, ratios, reference figures, machine), ``bench.md`` and ``bench.png``."""
     out_dir = Path(out_dir)
     ratios = bench_ratios(rows)
-    report = {"machine": machine_info(), "rows": rows, "ratios": ratios, "reference_tutorial_jetson": TUTORIAL_JETSON,
-              "reference_tutorial_ratios": TUTORIAL_RATIOS, "notes": notes or []}
+    report = {"machine": machine_info(), "rows": rows, "ratios": ratios, "reference_tutorial_jetson": tutorial.DEPLOY,
+              "reference_tutorial_ratios": tutorial.RATIOS, "notes": notes or []}
     storage.write_json(out_dir / "bench.json", report)
     table = format_table(rows, ratios)
     if notes:
@@ -493,8 +478,6 @@ def write_bench(rows: list[dict], out_dir: str | os.PathLike, *, notes: list[str
 
 def entry_from_export(path: str | os.PathLike, model: str) -> BenchEntry:
     """A :class:`BenchEntry` from an export directory (``export.json``) or a single exported ``.onnx`` file."""
-    from edgedistill.export import read_metadata
-
     path = Path(path)
     if path.is_dir():
         if not (path / "export.json").is_file():
@@ -505,34 +488,45 @@ def entry_from_export(path: str | os.PathLike, model: str) -> BenchEntry:
         meta = read_metadata(onnx["fp32"])
     else:
         meta = read_metadata(path)
-        onnx, engines = {meta.get("precision", "fp32"): str(path)}, {}
-    native = meta["view"]["image_size"]
+        onnx, engines = {meta.precision: str(path)}, {}
+    native = meta.view["image_size"]
     torch_spec = None
-    if meta["role"] == "student" and Path(meta.get("source", "")).exists():
-        torch_spec = {"kind": "student", "path": meta["source"]}
-    elif meta["role"] == "teacher" and meta.get("teacher"):
-        torch_spec = {"kind": "teacher", "config": meta["teacher"]}
-    resolutions = tuple(sorted({224, native})) if meta.get("dynamic_hw") else (native,)
-    return BenchEntry(model=model, arch=meta["arch"], onnx=onnx, torch=torch_spec, resolutions=resolutions,
+    if meta.role == "student" and meta.source and Path(meta.source).exists():
+        torch_spec = {"kind": "student", "path": meta.source}
+    elif meta.role == "teacher" and meta.teacher:
+        torch_spec = {"kind": "teacher", "config": meta.teacher}
+    resolutions = tuple(sorted({224, native})) if meta.dynamic_hw else (native,)
+    return BenchEntry(model=model, arch=meta.arch, onnx=onnx, torch=torch_spec, resolutions=resolutions,
                       native_resolution=native, engines=engines)
+
+
+def _open_clip_tower(name: str, config: dict | None = None):
+    """The image tower of an open_clip model, random-init (speed does not depend on weights)."""
+    import open_clip
+
+    from edgedistill.teachers.openclip import register_model_config
+
+    if config:
+        register_model_config(name, config)
+    return open_clip.create_model(name, pretrained=None).visual.eval()
 
 
 def tutorial_teacher_entry(out_dir: str | os.PathLike, name: str = "ViT-B-32", config: dict | None = None) -> BenchEntry:
     """Export a random-init open_clip image tower (the tutorial's teacher, for speed only) and describe it."""
     import open_clip
 
-    from edgedistill.export import DeployModel, export_onnx
+    from edgedistill.deploy.export import DeployModel, export_onnx
+    from edgedistill.deploy.runtime import DeployMeta
 
-    if config:
-        open_clip.factory._MODEL_CONFIGS[name] = config
     path = Path(out_dir) / f"{name}.onnx"
-    tower = open_clip.create_model(name, pretrained=None).visual.eval()
+    tower = _open_clip_tower(name, config)
     size = tower.image_size[0] if isinstance(tower.image_size, (tuple, list)) else tower.image_size
     if not path.is_file():
-        meta = {"role": "teacher", "arch": f"{name} (random init)", "target": "embedding", "outputs": ["embedding"],
-                "view": {"image_size": size, "mean": list(open_clip.OPENAI_DATASET_MEAN), "std": list(open_clip.OPENAI_DATASET_STD),
-                         "interpolation": "bicubic"}, "class_names": [], "dynamic_hw": False}
-        export_onnx(DeployModel(tower, None, ("embedding",)), path, image_size=size, output_names=["embedding"], metadata=meta)
+        meta = DeployMeta(role="teacher", arch=f"{name} (random init)", target="embedding", outputs=["embedding"],
+                          view={"image_size": size, "mean": list(open_clip.OPENAI_DATASET_MEAN),
+                                "std": list(open_clip.OPENAI_DATASET_STD), "interpolation": "bicubic",
+                                "resize_mode": "shortest"})
+        export_onnx(DeployModel(tower, None, ("embedding",)), path, meta=meta)
     return BenchEntry(model="tutorial_teacher", arch=name, onnx={"fp32": str(path)},
                       torch={"kind": "open_clip", "name": name, "config": config}, resolutions=(size,), native_resolution=size)
 
@@ -567,10 +561,11 @@ def bench_command(
         iters: timed runs.
         threads: intra-op threads; None: all cores.
     """
+    check_bench_args(runtimes, batch_sizes, warmup, iters, precisions)  # before any export
     out_dir = Path(out)
     src = Path(student)
     if src.is_dir() and (src / "student.json").is_file() and not (src / "export.json").is_file():
-        from edgedistill.export import export_model, load_student_deploy
+        from edgedistill.deploy.export import export_model, load_student_deploy
 
         deploy, meta = load_student_deploy(src)
         src = out_dir / "exports" / "student"

@@ -65,18 +65,18 @@ def run_demo(
         calib_size: images calibrating the INT8 student.
         cache_dir: teacher-output cache root; None: ``<out>/cache``.
     """
-    from edgedistill.bench import bench_models, entry_from_export, machine_info, tutorial_teacher_entry, write_bench
-    from edgedistill.data import build_splits
+    from edgedistill.data.splits import build_splits
+    from edgedistill.deploy.bench import bench_models, entry_from_export, machine_info, tutorial_teacher_entry, write_bench
+    from edgedistill.deploy.export import export_model, load_student_deploy, load_teacher_deploy
     from edgedistill.evaluate import evaluate_student
-    from edgedistill.experiments import build_configs, load_grid, run_grid
-    from edgedistill.export import export_model, load_student_deploy, load_teacher_deploy
-    from edgedistill.report import write_report
+    from edgedistill.pipelines.grid import load_grid, run_grid
+    from edgedistill.pipelines.report import write_report
 
     t0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     overrides = overrides or {}
-    grid = load_grid(demo_grid_path())
+    grid = yaml.safe_load(demo_grid_path().read_text())
     grid["out_dir"] = str(out / "runs")
     grid["cache_dir"] = str(cache_dir or out / "cache")
     grid_file = out / "grid.yaml"  # the resolved grid, kept with the results
@@ -84,7 +84,9 @@ def run_demo(
 
     _step("1-4/7 teacher heads, teacher cache, students (edgedistill run)")
     res = run_grid(grid_file, overrides=overrides)
-    data, teacher_cfg, _ = build_configs(grid, {"name": "_", **overrides})
+    from edgedistill.config import GridSections, from_dict
+
+    data, teacher_cfg = load_grid(grid_file).shared(from_dict(GridSections, overrides, "overrides"))
     trows = {r["target"]: r for r in res["rows"] if r["kind"] == "teacher"}
     srows = [r for r in res["rows"] if r["kind"] == "student"]
     for png in ("accuracy.png", "accuracy_vs_unlabeled.png"):

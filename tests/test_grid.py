@@ -8,31 +8,31 @@ import shutil
 import warnings
 from pathlib import Path
 
-import open_clip
 import pytest
 import yaml
 
-from edgedistill.demo import demo_grid_path
+from conftest import TINY
 from edgedistill.errors import ConfigError
-from edgedistill.experiments import load_grid, run_grid
+from edgedistill.pipelines.demo import demo_grid_path
+from edgedistill.pipelines.grid import load_grid, run_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "configs").rglob("*.yaml")) + [demo_grid_path()]
-TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 8},
-             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name if p.parent.name == "demo" else str(p.relative_to(ROOT)))
 def test_every_shipped_grid_loads(path):
     grid = load_grid(path)  # builds and validates every row's data / teacher / train config
-    assert grid["runs"]
+    assert grid.runs
 
 
 def test_tutorial_grid_has_all_eleven_published_rows():
+    from edgedistill import tutorial
+
     grid = load_grid(ROOT / "configs/stl10/tutorial.yaml")
-    published = [r for r in grid["runs"] if "published" in r]
-    assert len(published) + len(grid["teacher"]["published"]) == 11
-    assert any(r["name"].startswith("ours_") for r in grid["runs"])
+    published = {r.published for r in grid.runs if r.published} | set(grid.teacher.published.values())
+    assert published == set(tutorial.ACCURACY)  # every run of the tutorial's table, each once
+    assert any(r.name.startswith("ours_") for r in grid.runs)
 
 
 def test_bad_grids_are_refused(tmp_path):
@@ -46,14 +46,22 @@ def test_bad_grids_are_refused(tmp_path):
     p.write_text(yaml.safe_dump({"runs": [{"name": "a", "train": {"epochz": 3}}]}))
     with pytest.raises(ConfigError, match="epochz"):
         load_grid(p)
+    p.write_text(yaml.safe_dump({"defualts": {"train": {"epochs": 3}}, "runs": [{"name": "a"}]}))
+    with pytest.raises(ConfigError, match=r"Unknown key\(s\) \['defualts'\].*defaults"):  # a misspelled section
+        load_grid(p)
+    p.write_text(yaml.safe_dump({"defaults": [1, 2], "runs": [{"name": "a"}]}))
+    with pytest.raises(ConfigError, match="defaults must be a mapping"):
+        load_grid(p)
+    p.write_text(yaml.safe_dump({"runs": [{"name": "a", "published": "resnet19_from_scratch"}]}))
+    with pytest.raises(ConfigError, match="Unknown tutorial run 'resnet19_from_scratch'"):
+        load_grid(p)
 
 
 @pytest.mark.slow
 def test_tutorial_grid_smoke_on_written_stl10(stl10_root, tmp_path):
-    open_clip.factory._MODEL_CONFIGS["tiny-grid-clip"] = TINY_CLIP
     overrides = {
         "data": {"root": str(stl10_root), "download": False, "val_fraction": 0.3},
-        "teacher": {"model": "tiny-grid-clip", "pretrained": None, "batch_size": 16},
+        "teacher": {"model": TINY, "pretrained": "random", "batch_size": 16},
         "train": {"student": "resnet10t", "image_size": 32, "batch_size": 4, "num_workers": 0, "epochs": 1},
     }
     grid = yaml.safe_load((ROOT / "configs/stl10/tutorial.yaml").read_text())
@@ -69,8 +77,10 @@ def test_tutorial_grid_smoke_on_written_stl10(stl10_root, tmp_path):
         assert (out / name).is_file(), name
     rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     assert set(only) | {"teacher_text", "teacher_linear"} == set(rows)
-    for name in only:
-        assert 0.0 <= rows[name]["test_acc"] <= 1.0  # two steps end before the first validation
+    for name in only:  # each row's numbers are its run's, test read once with the val-selected checkpoint
+        m = json.loads((Path(rows[name]["run_dir"]) / "metrics.json").read_text())
+        assert (rows[name]["test_acc"], rows[name]["val_acc"]) == (m["test_acc"], m["best_val_acc"])
+        assert m["test_acc"] is not None and m["history"][-1]["step"] == 2
     assert rows["resnet18_linear_train_unlabeled"]["n_unlabeled"] == 7
     md = (out / "results.md").read_text()
     assert "96.88" in md and "57.93" in md  # the tutorial's numbers beside ours
@@ -93,7 +103,7 @@ def test_tutorial_grid_smoke_on_written_stl10(stl10_root, tmp_path):
 def test_plots_of_a_partial_grid_fit_their_figure(tmp_path):
     # One student point far from x=0 (a grid run with --only): the teacher labels and the
     # axis still start at no unlabeled data, and matplotlib lays the figure out without warnings.
-    from edgedistill.experiments import plot_accuracy, plot_accuracy_vs_unlabeled
+    from edgedistill.pipelines.report import plot_accuracy, plot_accuracy_vs_unlabeled
 
     rows = [{"name": "teacher_linear", "kind": "teacher", "arch": "t", "target": "linear", "val_acc": 0.75},
             {"name": "resnet18_kd_unlabeled", "kind": "student", "arch": "resnet18", "target": "logits",

@@ -1,0 +1,435 @@
+"""Export a student or a teacher image tower to ONNX, parity-checked; INT8, FP16 and TensorRT variants.
+
+One export directory holds everything deployment needs, and no teacher::
+
+    <out>/student/model.onnx                 FP32, dynamic batch, its DeployMeta in metadata_props
+    <out>/student/model.int8.onnx            QDQ INT8 (ONNX Runtime static quantization)
+    <out>/student/model.fp16.onnx            FP16 weights and activations, FP32 inputs/outputs
+    <out>/student/model.fp16.engine          TensorRT engine (only where ``tensorrt`` imports)
+    <out>/student/model.text_embeddings.npy  [C, D] text embeddings of class names / prompts
+    <out>/student/export.json                what was exported, parity diffs, FP32 vs INT8 accuracy
+
+A model that fails its parity check never lands: it is checked in its temp file and the
+temp file is removed. Embedding students are exported with their head folded in: outputs
+``logits`` [B, C] and ``embedding`` [B, D]; the stored text embeddings let
+``predict --prompts`` re-purpose the model to new classes without retraining.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgedistill import storage
+from edgedistill.config import DataConfig, TeacherConfig, from_dict
+from edgedistill.console import say
+from edgedistill.data.views import ViewSpec
+from edgedistill.deploy.quantize import (
+    TensorRTUnavailableError,
+    build_tensorrt_engine,
+    convert_fp16,
+    quantize_int8,
+    set_metadata,
+    tensorrt_status,
+)
+from edgedistill.deploy.runtime import INPUT_NAME, DeployMeta, ort_session, read_metadata
+from edgedistill.errors import ConfigError, EdgeDistillError
+
+__all__ = ["DeployModel", "ParityError", "TensorRTUnavailableError", "check_parity", "export_command", "export_model",
+           "export_onnx", "load_student_deploy", "load_teacher_deploy", "onnx_accuracy"]
+
+
+class ParityError(EdgeDistillError):
+    """ONNX Runtime's outputs differ from PyTorch's by more than the tolerance."""
+
+
+# --------------------------------------------------------------------------- loading models
+
+
+class DeployModel(nn.Module):
+    """An image tower, optionally with its head folded in, returning fixed named outputs.
+
+    Args:
+        backbone: maps images [B, 3, H, W] to a tensor [B, K] or (a teacher) a dict of tensors.
+        head: optional module mapping the backbone's [B, D] embedding to logits [B, C].
+        output_names: names of the ONNX outputs, in order. With a head: ``("logits", "embedding")``;
+            with a dict-returning backbone: the dict keys to return.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module | None = None, output_names: Sequence[str] = ("logits",)):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.output_names = tuple(output_names)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        out = self.backbone(image)
+        if isinstance(out, dict):  # a Teacher returns {"embedding": [B, D], "logits": [B, C]}
+            outs = tuple(out[k] for k in self.output_names)
+            return outs[0] if len(outs) == 1 else outs
+        if self.head is not None:
+            return self.head(out), out  # logits [B, C], embedding [B, D]
+        return out
+
+
+def run_configs(path: str | os.PathLike) -> dict:
+    """The resolved configs (``data``, ``teacher``, ``train``) of a training run's ``config.yaml``, or {}."""
+    import yaml
+
+    run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        return {}
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise EdgeDistillError(f"{cfg_path} is damaged ({type(e).__name__}); restore it or delete it") from None
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def head_text_embeddings(head: nn.Module | None) -> torch.Tensor | None:
+    """The class text embeddings [C, D] of a ``TextHead``, or None for other heads."""
+    emb = getattr(head, "text_embeddings", None)
+    return emb.detach().float().cpu() if isinstance(emb, torch.Tensor) else None
+
+
+def load_student_deploy(path: str | os.PathLike) -> tuple[DeployModel, DeployMeta]:
+    """A student as a :class:`DeployModel` (head folded in for embedding students) and its ONNX metadata."""
+    from edgedistill.heads import load_head
+    from edgedistill.students import load_student
+
+    model, manifest = load_student(path)
+    run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+    head = load_head(run_dir) if manifest.target == "embedding" and (run_dir / "head.json").is_file() else None
+    outputs = ["logits", "embedding"] if head is not None else (["embedding"] if manifest.target == "embedding" else ["logits"])
+    teacher = run_configs(path).get("teacher") or manifest.teacher  # config.yaml has the full TeacherConfig
+    meta = DeployMeta(
+        role="student", arch=manifest.arch, outputs=outputs, view=ViewSpec(**manifest.view).to_dict(),
+        target=manifest.target, class_names=list(manifest.class_names),
+        logit_scale=float(head.logit_scale) if hasattr(head, "logit_scale") else None,
+        dynamic_hw=True,  # CNN students run at any resolution (224 for the tutorial, native for deployment)
+        teacher=teacher if manifest.target != "labels" else None, source=str(Path(path).resolve()),
+    )
+    return DeployModel(model, head, outputs).eval(), meta
+
+
+def teacher_config(info: dict) -> TeacherConfig:
+    """A TeacherConfig from a recorded teacher (extra keys such as fingerprint or view dropped)."""
+    names = {f.name for f in dataclasses.fields(TeacherConfig)}
+    return from_dict(TeacherConfig, {k: v for k, v in info.items() if k in names}, "recorded teacher")
+
+
+def load_teacher_deploy(cfg: TeacherConfig) -> tuple[DeployModel, DeployMeta, Any]:
+    """A teacher's image tower as a :class:`DeployModel`, its ONNX metadata, and the Teacher itself."""
+    from edgedistill.config import asdict
+    from edgedistill.teachers import create_teacher
+
+    teacher = create_teacher(dataclasses.replace(cfg, device="cpu")).eval()  # export traces on CPU
+    outputs = ["embedding", "logits"] if teacher.num_classes else ["embedding"]
+    meta = DeployMeta(
+        role="teacher", arch=teacher.name, outputs=outputs, view=teacher.view.to_dict(), target="embedding",
+        class_names=list(teacher.class_names or []), logit_scale=float(teacher.logit_scale),
+        dynamic_hw=False,  # ViT position embeddings fix the resolution
+        teacher=asdict(cfg), source=cfg.describe(),
+    )
+    return DeployModel(teacher, None, outputs).eval(), meta, teacher
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, *, meta: DeployMeta, opset: int = 17,
+                check: dict[str, torch.Tensor] | None = None, tolerance: float = 1e-3) -> tuple[Path, dict[str, float]]:
+    """Export ``model`` to ONNX with a dynamic batch axis and ``meta`` in metadata_props; parity-check it in place.
+
+    The legacy TorchScript exporter (``dynamo=False``) handles both timm CNNs and open_clip ViTs
+    in about a second, where the dynamo exporter needs per-model dynamic-shape specs.
+
+    Args:
+        model: module mapping ``image`` [B, 3, S, S] to ``meta.outputs``.
+        path: the ``.onnx`` file; written only if the parity check on ``check`` passes.
+        meta: its description (view, outputs, ...), stored under the metadata key ``edgedistill``.
+        opset: ONNX opset (>= 17: LayerNormalization is native).
+        check: named input batches for :func:`check_parity` (None: no check).
+        tolerance: largest allowed ONNX Runtime vs PyTorch difference.
+
+    Returns:
+        The written path, and the max abs difference on each named check batch.
+
+    Raises:
+        ParityError: the exported graph differs from PyTorch; nothing is written.
+    """
+    import onnx
+
+    if opset < 17:
+        raise ConfigError(f"opset={opset} is too old; use opset >= 17")
+    path = Path(path)
+    size = meta.view["image_size"]
+    axes = {0: "batch", 2: "height", 3: "width"} if meta.dynamic_hw else {0: "batch"}
+    dynamic_axes = {INPUT_NAME: axes, **{name: {0: "batch"} for name in meta.outputs}}
+    example = torch.randn(2, 3, size, size)
+    model = model.eval()
+    # nn.MultiheadAttention's inference fast path traces to aten::_native_multi_head_attention,
+    # which has no ONNX symbolic: trace the plain path.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with storage.atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
+            torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
+                              output_names=list(meta.outputs), dynamic_axes=dynamic_axes, do_constant_folding=True)
+            proto = onnx.load(str(tmp))
+            set_metadata(proto, dataclasses.replace(meta, precision="fp32", opset=opset))
+            onnx.save(proto, str(tmp))
+            parity = {what: check_parity(model, tmp, [x], tolerance=tolerance, what=what)
+                      for what, x in (check or {}).items()}
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return path, parity
+
+
+def check_parity(model: nn.Module, onnx_path: str | os.PathLike, inputs: Sequence[torch.Tensor], *,
+                 tolerance: float = 1e-3, what: str = "random") -> float:
+    """Maximum absolute difference between ONNX Runtime and PyTorch over all outputs and inputs.
+
+    Raises:
+        ParityError: if the difference exceeds ``tolerance``.
+    """
+    sess = ort_session(onnx_path)
+    worst = 0.0
+    with torch.no_grad():
+        for x in inputs:
+            ref = model(x)
+            ref = ref if isinstance(ref, tuple) else (ref,)
+            got = sess.run(None, {INPUT_NAME: x.numpy()})
+            for r, g in zip(ref, got):
+                worst = max(worst, float(np.abs(r.float().numpy() - g.astype(np.float32)).max()))
+    if not worst <= tolerance:  # also catches NaN
+        raise ParityError(f"ONNX export {str(onnx_path)!r} does not match PyTorch on {what} inputs: max abs diff "
+                          f"{worst:.3g} > tolerance {tolerance:g}")
+    return worst
+
+
+# --------------------------------------------------------------------------- evaluation on real images
+
+
+def _batches_of(dataset, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(images [B, 3, S, S], labels [B]) batches of a dataset of dicts; unreadable (None) items skipped."""
+    images, labels = [], []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        if item is None:
+            continue
+        images.append(np.asarray(item["image"], dtype=np.float32))
+        labels.append(int(item["label"]))
+        if len(images) == batch_size:
+            yield np.stack(images), np.asarray(labels)
+            images, labels = [], []
+    if images:
+        yield np.stack(images), np.asarray(labels)
+
+
+def onnx_accuracy(onnx_path: str | os.PathLike, dataset, batch_size: int = 64) -> float:
+    """Top-1 accuracy (0..1) of an exported model's ``logits`` output on a labeled dataset (label -1 skipped)."""
+    sess = ort_session(onnx_path)
+    names = [o.name for o in sess.get_outputs()]
+    if "logits" not in names:
+        raise EdgeDistillError(f"{str(onnx_path)!r} has no 'logits' output (outputs: {', '.join(names)}); accuracy needs one")
+    correct = total = 0
+    for images, labels in _batches_of(dataset, batch_size):
+        keep = labels >= 0
+        if keep.any():
+            logits = sess.run(["logits"], {INPUT_NAME: images[keep]})[0]
+            correct += int((logits.argmax(1) == labels[keep]).sum())
+            total += int(keep.sum())
+    if total == 0:
+        raise EdgeDistillError("onnx_accuracy got a dataset without labeled images")
+    return correct / total
+
+
+def real_images(cfg: DataConfig, split: str, view: dict, limit: int | None = None, seed: int = 0):
+    """A (random, fixed-seed) subset of a split, preprocessed with ``view``, as a torch Dataset."""
+    from edgedistill.data.splits import build_splits
+    from edgedistill.data.transforms import eval_transform
+
+    dataset = build_splits(cfg).dataset(split, eval_transform(ViewSpec(**view)))
+    if limit is not None and len(dataset) > limit:
+        idx = np.random.default_rng(seed).choice(len(dataset), size=limit, replace=False)
+        dataset = torch.utils.data.Subset(dataset, sorted(idx.tolist()))
+    return dataset
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _text_embeddings(meta: DeployMeta, class_emb: torch.Tensor | None, prompts: list[str] | None,
+                     teacher: Any) -> tuple[list[str], np.ndarray] | None:
+    """(names, float32 [C, D]): the class text embeddings and those of extra prompts, to store beside the model."""
+    names = list(meta.class_names) if class_emb is not None else []
+    emb = [class_emb] if class_emb is not None else []
+    extra = [p for p in (prompts or []) if p not in names]
+    if extra:
+        if teacher is None or not getattr(teacher, "has_text", False):
+            raise ConfigError(f"--prompts {extra} need the teacher's text encoder; give --teacher (an open_clip teacher) "
+                              "to embed them")
+        with torch.no_grad():
+            emb.append(teacher.encode_text(extra).float().cpu())
+        names += extra
+    return (names, torch.cat(emb).numpy().astype(np.float32)) if emb else None
+
+
+def export_model(
+    model: DeployModel,
+    meta: DeployMeta,
+    out_dir: str | os.PathLike,
+    *,
+    data: DataConfig | None = None,
+    int8: bool = False,
+    fp16: bool = False,
+    tensorrt: bool = False,
+    calib_split: str = "train",
+    calib_size: int = 256,
+    val_split: str | None = "val",
+    opset: int = 17,
+    tolerance: float = 1e-3,
+    text_embeddings: torch.Tensor | None = None,
+    prompts: list[str] | None = None,
+    teacher: Any = None,
+) -> dict:
+    """Export one model with all requested variants into ``out_dir``; returns (and writes) ``export.json``.
+
+    Args:
+        model: the module to export (outputs named in ``meta.outputs``).
+        meta: its description, stored in every ONNX file.
+        out_dir: folder for ``model*.onnx``, the engine, text embeddings and ``export.json``.
+        data: dataset for real-image parity, INT8 calibration and accuracy; None: random inputs only.
+        int8, fp16, tensorrt: which variants to build besides FP32.
+        calib_split, calib_size: images calibrating INT8.
+        val_split: split on which FP32 and INT8 accuracy are reported (None: skip).
+        opset, tolerance: ONNX opset; the largest allowed ONNX-vs-PyTorch difference.
+        text_embeddings: class text embeddings [C, D] to store for re-purposing with prompts.
+        prompts, teacher: extra prompts, embedded with ``teacher.encode_text``.
+    """
+    if int8 and data is None:
+        raise ConfigError("--int8 needs real calibration images: give --calib_data (e.g. --calib_data.dataset cifar10)")
+    out_dir = Path(out_dir)
+    size = meta.view["image_size"]
+    text = _text_embeddings(meta, text_embeddings, prompts, teacher)
+    if text is not None:  # recorded in the model's metadata; the file is written once the model passed its checks
+        meta = dataclasses.replace(meta, text={"file": "model.text_embeddings.npy", "names": text[0]},
+                                   logit_scale=meta.logit_scale if meta.logit_scale is not None
+                                   else float(getattr(teacher, "logit_scale", 100.0)))
+    report: dict[str, Any] = {"meta": dataclasses.asdict(meta), "files": {}, "parity": {}, "accuracy": {}}
+
+    # Parity on inputs the exporter never saw: another batch size, fresh values, and real images.
+    checks = {"random": torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1234))}
+    val = real_images(data, val_split, meta.view) if data is not None and val_split else None
+    if val is not None:
+        checks["real"] = torch.from_numpy(next(_batches_of(val, 8))[0])
+    fp32, report["parity"] = export_onnx(model, out_dir / "model.onnx", meta=meta, opset=opset, check=checks,
+                                         tolerance=tolerance)
+    report["files"]["fp32"] = fp32.name
+    if text is not None:
+        storage.save_npy(out_dir / meta.text["file"], text[1])
+    say(f"exported {fp32} (max abs diff vs PyTorch: " + ", ".join(f"{k} {v:.1e}" for k, v in report["parity"].items()) + ")")
+    if val is not None and "logits" in meta.outputs and bool((np.asarray(val.labels) >= 0).any()):
+        report["accuracy"]["fp32"] = onnx_accuracy(fp32, val)
+    if int8:
+        calib = real_images(data, calib_split, meta.view, limit=calib_size)
+        q = quantize_int8(fp32, out_dir / "model.int8.onnx", (images for images, _ in _batches_of(calib, 16)))
+        report["files"]["int8"] = q.name
+        report["int8_calibration"] = {"split": calib_split, "images": len(calib)}
+        if "fp32" in report["accuracy"]:
+            report["accuracy"]["int8"] = onnx_accuracy(q, val)
+        say(f"quantized {q} on {len(calib)} {calib_split} images")
+    if fp16:
+        report["files"]["fp16"] = convert_fp16(fp32, out_dir / "model.fp16.onnx").name
+    if report["accuracy"]:
+        say(f"accuracy on {val_split}: " + ", ".join(f"{k} {v:.4f}" for k, v in report["accuracy"].items()))
+    ok, why = tensorrt_status()
+    report["tensorrt"] = {"available": ok, "reason": why}
+    if tensorrt and not ok:
+        say(f"TensorRT unavailable, engine skipped: {why}")
+    elif tensorrt:
+        for prec, src in (("fp16", fp32), ("int8", out_dir / "model.int8.onnx")):
+            if prec == "int8" and not int8:
+                continue
+            eng = build_tensorrt_engine(src, out_dir / f"model.{prec}.engine", image_size=size, fp16=True,
+                                        int8=prec == "int8")
+            report["files"][f"tensorrt_{prec}"] = eng.name
+            say(f"built TensorRT engine {eng}")
+    storage.write_json(out_dir / "export.json", report)
+    return report
+
+
+def export_command(
+    model: str | None = None,
+    out: str = "exports",
+    teacher: TeacherConfig | None = None,
+    int8: bool = False,
+    fp16: bool = False,
+    tensorrt: bool = False,
+    calib_data: DataConfig | None = None,
+    calib_split: str = "train",
+    calib_size: int = 256,
+    val_split: str | None = "val",
+    opset: int = 17,
+    tolerance: float = 1e-3,
+    prompts: list[str] | None = None,
+) -> None:
+    """Export a trained student and/or a teacher image tower to ONNX (parity-checked), INT8, FP16, TensorRT.
+
+    Writes ``<out>/student/`` and/or ``<out>/teacher/`` (``model.onnx``, variants, ``export.json``).
+
+    Args:
+        model: student run directory or ``student.safetensors``; None with ``--teacher`` exports only the teacher.
+        out: output folder.
+        teacher: a teacher to export (its image tower), and the text encoder for ``--prompts``.
+        int8: also write an INT8 (QDQ, per-channel) model calibrated on real images.
+        fp16: also write an FP16 model for GPU runtimes.
+        tensorrt: also build TensorRT engines (needs ``tensorrt`` and a GPU; otherwise says why and skips).
+        calib_data: dataset for calibration, real-image parity and accuracy; default: the student's training data.
+        calib_split: split whose images calibrate INT8.
+        calib_size: number of calibration images.
+        val_split: split on which FP32 and INT8 accuracy are reported; null to skip.
+        opset: ONNX opset (>= 17).
+        tolerance: largest allowed max-abs difference between ONNX Runtime and PyTorch.
+        prompts: extra class prompts whose text embeddings are stored for ``predict --prompts`` (needs ``--teacher``).
+    """
+    if model is None and teacher is None:
+        raise ConfigError("Nothing to export: give a student run directory (model=...) and/or --teacher.kind ...")
+    if int8 and teacher is not None and calib_data is None:
+        raise ConfigError("--int8 of a teacher needs real calibration images: give --calib_data (e.g. --calib_data.dataset cifar10)")
+    kwargs = dict(int8=int8, fp16=fp16, tensorrt=tensorrt, calib_split=calib_split, calib_size=calib_size,
+                  val_split=val_split, opset=opset, tolerance=tolerance, prompts=prompts)
+    student = None
+    if model is not None:  # checked before the teacher is loaded or anything is written
+        student = load_student_deploy(model)
+        data = calib_data
+        if data is None and isinstance(run_configs(model).get("data"), dict):  # the data it was trained on
+            data = from_dict(DataConfig, run_configs(model)["data"], f"{model}/config.yaml: data")
+        if int8 and data is None:
+            raise ConfigError("--int8 needs real calibration images: give --calib_data (e.g. --calib_data.dataset cifar10)")
+    tch = None
+    if teacher is not None:
+        deploy, meta, tch = load_teacher_deploy(teacher)
+        emb = None
+        if meta.class_names and tch.has_text:
+            with torch.no_grad():
+                emb = tch.encode_text(meta.class_names).float().cpu()
+        export_model(deploy, meta, Path(out) / "teacher", data=calib_data, text_embeddings=emb, teacher=tch, **kwargs)
+    if student is not None:
+        deploy, meta = student
+        if tch is None and prompts and meta.teacher:
+            from edgedistill.teachers import create_teacher
+
+            tch = create_teacher(teacher_config(meta.teacher))
+        export_model(deploy, meta, Path(out) / "student", data=data, text_embeddings=head_text_embeddings(deploy.head),
+                     teacher=tch, **kwargs)

@@ -1,0 +1,1 @@
+"""Whole jobs built from the steps: grids of trainings (``run``), the demo, and their reports."""

@@ -1,0 +1,447 @@
+"""Train a student with Lightning: from labels, response KD or feature KD; resumable, safe to rerun.
+
+A run directory ``<out_dir>/<name>/`` holds::
+
+    config.yaml            the resolved configs (loadable again with --config); written once they are checked
+    metrics.json           best val acc and epoch, per-epoch history, elapsed, throughput
+                           (rewritten every epoch; "finished": true at the end; test acc if asked)
+    student.safetensors    the best student (selected on val accuracy, never test)
+    student.json           its manifest (``students.StudentManifest``)
+    head.safetensors/json  the frozen head of an embedding student (``heads.save_head``)
+    checkpoints/           Lightning checkpoints (atomic): best-*.ckpt and last.ckpt (every epoch)
+    logs/session<k>/       CSV and TensorBoard logs, one folder per (resumed) session; lightning.log
+
+Training runs in three steps: :func:`build_run` checks every setting and builds data,
+targets, student and Lightning module (nothing in the run directory is written until it
+succeeds); :func:`fit_run` trains; :func:`finalize_run` writes the best student and metrics.
+``train.resume=True`` continues from ``checkpoints/last.ckpt`` (or the newest checkpoint that
+loads); checkpoints are loaded as plain data only (``training.checkpoints``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from torch import Tensor, nn
+
+from edgedistill import storage
+from edgedistill.config import RECORD_IGNORED, DataConfig, TeacherConfig, TrainConfig, asdict
+from edgedistill.console import progress_enabled, say, warn_once
+from edgedistill.errors import ConfigError, DataError
+from edgedistill.students import StudentManifest
+from edgedistill.training.callbacks import RunHistory, StderrProgressBar
+from edgedistill.training.checkpoints import SafeCheckpointIO, confined, load_checkpoint, resume_checkpoint
+from edgedistill.training.datamodule import DistillDataModule
+from edgedistill.training.module import CachedTargets, DistillModule, NonFiniteLossError, OnlineTargets, TargetProvider
+
+CACHE_AUG_SEED = 0
+"""Seed of the K cached augmented views: fixed (the ``edgedistill cache`` default) so runs with
+different training seeds share one cache; the training seed still decides which view is drawn."""
+
+
+# ----------------------------------------------------------------------------- teacher targets
+
+
+@torch.no_grad()
+def cached_targets(cache, target: str, head: nn.Module | None, head_input: str, chunk: int = 4096) -> Tensor:
+    """A source's teacher targets from its cache, in memory: ``[N, (K,) C]`` logits or ``[N, (K,) D]`` embeddings.
+
+    Args:
+        cache: ``cache.TeacherCache`` with ``.embedding`` ``[N, (K,) D]`` and ``.logits`` ``[N, (K,) C]``.
+        target: ``logits`` (the head is applied, chunk by chunk) or ``embedding`` (returned as is).
+        head: Frozen head for ``logits``.
+        head_input: Which cached array the head reads: ``embedding`` or ``logits`` (label map).
+        chunk: Rows per head call.
+    """
+    if target == "embedding":
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(cache.embedding)))  # float16, as cached
+    array = cache.embedding if head_input == "embedding" else cache.logits
+    if array is None:
+        raise ConfigError(f"The cache at {str(cache.path)!r} has no teacher logits; head=label_map needs a classifier teacher")
+    out = []
+    head = head.float().eval().cpu()
+    for start in range(0, len(array), chunk):
+        x = torch.from_numpy(np.ascontiguousarray(np.asarray(array[start:start + chunk]), dtype=np.float32))
+        out.append(head(x.flatten(0, -2)).reshape(*x.shape[:-1], -1))  # [n, (K,) C]
+    return torch.cat(out)
+
+
+@dataclass
+class Targets:
+    """What the teacher contributes to a run: the target provider, the head of an embedding student, a record."""
+
+    provider: TargetProvider | None
+    student_head: nn.Module | None
+    info: dict[str, Any]
+
+
+def build_targets(data_cfg: DataConfig, teacher_cfg: TeacherConfig, cfg: TrainConfig, splits) -> Targets:
+    """Teacher targets (cached or online) for ``cfg.target``, and the head an embedding student is classified by."""
+    if cfg.target == "labels":
+        return Targets(None, None, {})
+    from edgedistill.heads import build_head
+    from edgedistill.teachers import create_teacher
+
+    teacher = create_teacher(teacher_cfg)
+    saved = cfg.head_path if cfg.head != "label_map" or _is_saved_head(cfg.head_path) else None
+    label_map = cfg.head_path if cfg.head == "label_map" and saved is None else None
+    head = build_head(cfg.head, classes=splits.classes, dataset=data_cfg.dataset, teacher=teacher, saved=saved,
+                      label_map=label_map)
+    if cfg.head_logit_scale is not None:
+        head.logit_scale = float(cfg.head_logit_scale)
+    head_input = "logits" if cfg.head == "label_map" else "embedding"
+    info = {"kind": teacher_cfg.kind, "model": teacher_cfg.model, "pretrained": teacher_cfg.pretrained,
+            "image_size": teacher_cfg.image_size, "fingerprint": teacher.fingerprint,
+            "embed_dim": int(teacher.embed_dim), "view": teacher.view.to_dict()}
+    if cfg.online_teacher:
+        out = "embedding" if cfg.target == "embedding" else head_input
+        provider: TargetProvider = OnlineTargets(teacher, out, None if cfg.target == "embedding" else head)
+    else:
+        from edgedistill.cache import ensure_cache
+
+        caches = ensure_cache(data_cfg, teacher_cfg, cfg.train_split, cfg.cache_dir, views=cfg.views or 0,
+                              seed=CACHE_AUG_SEED, num_workers=cfg.num_workers, teacher=teacher, splits=splits)
+        provider = CachedTargets({k: cached_targets(c, cfg.target, head, head_input) for k, c in caches.items()})
+        info["cache"] = {k: str(c.path) for k, c in caches.items()}
+    return Targets(provider, head if cfg.target == "embedding" else None, info)
+
+
+def _is_saved_head(path: str | None) -> bool:
+    return bool(path) and Path(path).expanduser().with_suffix("").with_suffix(".json").is_file() and \
+        Path(path).expanduser().with_suffix("").with_suffix(".safetensors").is_file()
+
+
+def _targets_kind(cfg: TrainConfig) -> str:
+    if cfg.target == "labels":
+        return "labels"
+    if cfg.online_teacher:
+        return "online teacher (same crop)" if cfg.aug else "online teacher"
+    if cfg.views:
+        return f"cached, {cfg.views} augmented views"
+    return "cached plain view" + (" (approximate under aug)" if cfg.aug else "")
+
+
+# ----------------------------------------------------------------------------- the run's record
+
+
+def record_of(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> dict[str, dict]:
+    """The configs as written to ``config.yaml``."""
+    return {"data": asdict(data), "teacher": asdict(teacher), "train": asdict(cfg)}
+
+
+def config_diffs(run_dir: Path, data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig,
+                 ignore: tuple[str, ...] = RECORD_IGNORED) -> list[str]:
+    """Settings that differ from those recorded in ``run_dir/config.yaml`` (``section.key: old -> new``)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return []
+    try:
+        old = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path} is damaged ({type(e).__name__}); move the run directory away to start over") from None
+    old = old if isinstance(old, dict) else {}
+    new = record_of(data, teacher, cfg)
+    return [f"{sec}.{k}: {(old.get(sec) or {}).get(k)!r} -> {v!r}" for sec, d in new.items() for k, v in d.items()
+            if (old.get(sec) or {}).get(k) != v and k not in ignore]
+
+
+# ----------------------------------------------------------------------------- build, fit, finalize
+
+
+@dataclass
+class RunSetup:
+    """Everything :func:`build_run` made, for :func:`fit_run` and :func:`finalize_run`."""
+
+    data: DataConfig
+    teacher: TeacherConfig
+    cfg: TrainConfig
+    run_dir: Path
+    resume_from: Path | None
+    splits: Any
+    val_split: str | None
+    targets: Targets
+    num_outputs: int
+    view: Any
+    datamodule: DistillDataModule
+    module: DistillModule
+    summary: dict[str, Any]
+    steps_per_epoch: int
+
+
+def _resolve_hardware(cfg: TrainConfig) -> tuple[str, str, str]:
+    """(accelerator, precision, strategy) for Lightning."""
+    gpu = torch.cuda.is_available()
+    accelerator = cfg.accelerator if cfg.accelerator != "auto" else ("gpu" if gpu else "cpu")
+    if accelerator in ("gpu", "cuda") and not gpu:
+        raise ConfigError(f"train.accelerator={cfg.accelerator!r} but no CUDA device is available; use auto or cpu")
+    precision = cfg.precision
+    if precision == "auto":
+        # On CPU, bf16 autocast was measured slower than fp32 for these CNNs; fp32 it is.
+        precision = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if accelerator != "cpu" else "32-true"
+    # "ddp" relaunches the command in child processes (works from the CLI; the script must be re-runnable).
+    strategy = "ddp" if cfg.devices > 1 or cfg.num_nodes > 1 else "auto"
+    return accelerator, precision, strategy
+
+
+def _check_resume(run_dir: Path, data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> Path | None:
+    """The checkpoint to resume from; refuses an existing run without ``resume`` or resumed with other settings."""
+    ckpt_dir = run_dir / "checkpoints"
+    has_ckpt = ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt"))
+    if has_ckpt and not cfg.resume:
+        raise ConfigError(f"Run directory {str(run_dir)!r} already holds a checkpoint; pass --train.resume true "
+                          "to continue it or --train.name to start another run")
+    diffs = config_diffs(run_dir, data, teacher, cfg, ignore=RECORD_IGNORED + ("epochs", "max_steps")) if cfg.resume else []
+    if diffs:
+        raise ConfigError(f"Cannot resume {str(run_dir)!r} with other settings ({'; '.join(diffs)}); use the recorded "
+                          "ones (config.yaml) or another --train.name")
+    if not cfg.resume:
+        return None
+    found = resume_checkpoint(ckpt_dir) if has_ckpt else None
+    if found is None and rank_zero_only.rank == 0:
+        say(f"[train] resume: no checkpoint in {ckpt_dir} yet, starting fresh")
+    return found
+
+
+def build_run(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> RunSetup:
+    """Check every setting and build data, targets, student and module; writes nothing in the run directory.
+
+    Raises:
+        ConfigError / DataError: a bad value, an existing run without ``resume``, a resume with other settings.
+    """
+    from edgedistill.data.splits import build_splits
+    from edgedistill.data.transforms import BatchAugment, TrainTransform, eval_transform
+    from edgedistill.data.views import student_view
+    from edgedistill.students import count_parameters, create_student
+
+    run_dir = Path(cfg.out_dir).expanduser().resolve() / cfg.run_name()  # absolute: Lightning reports absolute paths
+    resume_from = _check_resume(run_dir, data, teacher, cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    splits = build_splits(data)
+    val_split = cfg.val_split if splits.size(cfg.val_split) else None
+    if val_split is None:
+        warn_once(f"val split {cfg.val_split!r} is empty: the last epoch's student is kept")
+    if cfg.eval_test and not splits.size("test"):
+        raise DataError(f"train.eval_test=true but dataset {data.dataset!r} has no test split")
+    n_train = splits.size(cfg.train_split)
+    if not n_train:
+        raise DataError(f"train.train_split={cfg.train_split!r} is empty for dataset {data.dataset!r}")
+    if cfg.target != "labels" and cfg.aug and not cfg.online_teacher and cfg.views is None and cfg.min_crop < 1.0:
+        warn_once("train.aug=true with cached teacher targets of the plain (uncropped) view: the teacher's target "
+                  "describes the whole image, not the student's crop. For exact targets set train.views=K "
+                  "(K cached crops) or train.online_teacher=true")
+    steps_per_epoch = max(n_train // (cfg.batch_size * cfg.devices * cfg.num_nodes), 1)
+    if cfg.schedule == "cosine" and cfg.max_steps == -1 and cfg.warmup_epochs >= cfg.epochs:
+        warn_once(f"train.warmup_epochs={cfg.warmup_epochs} covers all train.epochs={cfg.epochs}: the learning rate "
+                  "only rises and the run ends at its peak; set warmup_epochs below epochs (e.g. a quarter)")
+
+    targets = build_targets(data, teacher, cfg, splits)
+    num_outputs = targets.info["embed_dim"] if cfg.target == "embedding" else len(splits.classes)
+    student = create_student(cfg.student, num_outputs, small_input=cfg.small_input, pretrained=cfg.pretrained,
+                             kwargs=cfg.student_kwargs)
+    sview = student_view(cfg.image_size, tuple(cfg.mean) if cfg.mean else None, tuple(cfg.std) if cfg.std else None)
+    tview = None
+    if cfg.online_teacher and cfg.target != "labels":
+        from edgedistill.data.views import ViewSpec
+
+        tview = ViewSpec(**targets.info["view"])
+    train_tf = TrainTransform(sview, aug=cfg.aug, seed=CACHE_AUG_SEED, teacher_view=tview, num_views=cfg.views,
+                              scale=(cfg.min_crop, 1.0))
+    pixels = None
+    if cfg.pixel_cache and tview is None:  # the online teacher needs each crop at its own resolution: images path
+        from edgedistill.cache import pixel_cache
+
+        specs = [cfg.train_split] + ([val_split] if val_split else []) + (["test"] if cfg.eval_test else [])
+        keys = dict.fromkeys(k for spec in specs for k in splits.sources_of(spec))
+        pixels = {k: pixel_cache(splits.sources[k], sview, cfg.cache_dir) for k in keys}
+    dm = DistillDataModule(splits, train_split=cfg.train_split, val_split=val_split,
+                           test_split="test" if cfg.eval_test else None, train_transform=train_tf,
+                           eval_transform=eval_transform(sview), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                           pixel_caches=pixels, views=cfg.views, views_seed=CACHE_AUG_SEED)
+    module = DistillModule(
+        student, target=cfg.target, num_classes=len(splits.classes), head=targets.student_head,
+        targets=targets.provider, temperature=cfg.temperature, kd_weight=cfg.kd_weight, ce_weight=cfg.ce_weight,
+        feature_loss=cfg.feature_loss, kd_reduction=cfg.kd_reduction, optimizer=cfg.optimizer, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, momentum=cfg.momentum, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+        schedule=cfg.schedule, batch_augment=BatchAugment(sview, scale=(cfg.min_crop, 1.0)) if pixels else None,
+        aug=cfg.aug,
+    )
+    if resume_from is not None:  # the checkpoint must fit this student before anything is written
+        state = load_checkpoint(resume_from)["state_dict"]
+        own = module.state_dict()
+        misfit = [k for k, v in state.items() if k in own and own[k].shape != v.shape] + [k for k in own if k not in state]
+        if misfit:
+            raise ConfigError(f"Checkpoint {resume_from} does not fit this student ({len(misfit)} tensors differ, "
+                              f"e.g. {misfit[0]}); resume with the recorded settings or start another run")
+    accelerator, precision, _ = _resolve_hardware(cfg)
+    summary = {
+        "n_train": n_train, "n_unlabeled": splits.hidden(cfg.train_split),
+        "n_val": splits.size(val_split), "selected_on": f"{val_split}/acc" if val_split else "last epoch (no val split)",
+        "targets": _targets_kind(cfg), "student_params": count_parameters(student),
+        "input": "pixels decoded once, batches augmented as tensors" if pixels else "images decoded per item",
+        "accelerator": accelerator, "precision": precision, "devices": cfg.devices, "num_nodes": cfg.num_nodes,
+    }
+    return RunSetup(data, teacher, cfg, run_dir, resume_from, splits, val_split, targets, num_outputs, sview, dm,
+                    module, summary, steps_per_epoch)
+
+
+@contextlib.contextmanager
+def lightning_quiet(log_file: Path) -> Iterator[None]:
+    """Send Lightning's info lines, tips and warnings to ``log_file`` instead of the terminal."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    saved = [(lg, list(lg.handlers), lg.propagate) for lg in loggers]
+    for lg in loggers:
+        lg.handlers = [handler]
+        lg.propagate = False
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if f"{os.sep}lightning{os.sep}" in filename or f"{os.sep}torch{os.sep}" in filename:
+            handler.stream.write(warnings.formatwarning(message, category, filename, lineno, line))
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # the frozen head, on purpose
+            yield
+    finally:
+        for lg, handlers, propagate in saved:
+            lg.handlers, lg.propagate = handlers, propagate
+        handler.close()
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_run` leaves for :func:`finalize_run`."""
+
+    trainer: L.Trainer
+    history: RunHistory
+    checkpoint: ModelCheckpoint
+
+
+def fit_run(setup: RunSetup) -> FitResult:
+    """Write ``config.yaml`` and train (resuming when asked)."""
+    cfg, run_dir = setup.cfg, setup.run_dir
+    ckpt_dir = run_dir / "checkpoints"
+    if rank_zero_only.rank == 0:
+        storage.write_text(run_dir / "config.yaml", yaml.safe_dump(record_of(setup.data, setup.teacher, cfg),
+                                                                   sort_keys=False))
+    accelerator, precision, strategy = _resolve_hardware(cfg)
+    history = RunHistory(run_dir / "metrics.json", setup.summary, has_val=setup.val_split is not None)
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
+        monitor="val/acc" if setup.val_split else None, mode="max", save_top_k=1, save_last=True,
+    )
+    # One log folder per session: Lightning's CSVLogger deletes an existing metrics.csv.
+    session = f"session{len(list((run_dir / 'logs').glob('session*')))}" if setup.resume_from else "session0"
+    show = progress_enabled()
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy, precision=precision,
+        max_epochs=cfg.epochs, max_steps=cfg.max_steps, plugins=[SafeCheckpointIO()],
+        logger=[CSVLogger(run_dir, name="logs", version=session), TensorBoardLogger(run_dir, name="logs", version=session)],
+        callbacks=[history, checkpoint] + ([StderrProgressBar()] if show else []),
+        enable_progress_bar=show, log_every_n_steps=min(50, setup.steps_per_epoch),
+        num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=run_dir,
+    )
+    try:
+        with lightning_quiet(run_dir / "logs" / "lightning.log"):
+            trainer.fit(setup.module, setup.datamodule, ckpt_path=str(setup.resume_from) if setup.resume_from else None,
+                        weights_only=True)
+    except NonFiniteLossError as e:
+        last = ckpt_dir / "last.ckpt"
+        kept = f"the last good checkpoint stays at {last}" if last.is_file() else "no checkpoint was saved yet"
+        raise NonFiniteLossError(f"{e}; training stopped, {kept}") from None
+    return FitResult(trainer, history, checkpoint)
+
+
+def finalize_run(setup: RunSetup, fit: FitResult) -> Path:
+    """Write the best student (``student.safetensors`` + ``student.json``) and ``metrics.json``; returns the run dir."""
+    cfg, run_dir, trainer, history, checkpoint = setup.cfg, setup.run_dir, fit.trainer, fit.history, fit.checkpoint
+    ckpt_dir = run_dir / "checkpoints"
+    best = (confined(checkpoint.best_model_path, ckpt_dir) or confined(checkpoint.last_model_path, ckpt_dir)
+            or confined(ckpt_dir / "last.ckpt", ckpt_dir))
+    if best is None:
+        raise DataError(f"Training of {str(run_dir)!r} left no checkpoint to take the student from")
+    # Taken before trainer.test, which restores the best checkpoint's (older) callback state.
+    metrics = history.metrics(finished=True, best_checkpoint=str(best.relative_to(run_dir)))
+    if cfg.eval_test:
+        # The test split is read once, with the checkpoint already chosen on val.
+        res = trainer.test(setup.module, datamodule=setup.datamodule, ckpt_path=str(best), verbose=False,
+                           weights_only=True)
+        metrics["test_acc"] = float(res[0]["test/acc"])
+    if trainer.is_global_zero:
+        state = load_checkpoint(best)["state_dict"]
+        weights = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+        storage.save_safetensors(run_dir / "student.safetensors", weights, metadata={"arch": cfg.student})
+        head = setup.targets.student_head
+        if head is not None:
+            from edgedistill.heads import save_head
+
+            save_head(head, run_dir / "head")
+        StudentManifest(
+            arch=cfg.student, num_outputs=setup.num_outputs, class_names=list(setup.splits.classes),
+            view=setup.view.to_dict(), target=cfg.target, small_input=cfg.small_input, kwargs=dict(cfg.student_kwargs),
+            head={"kind": cfg.head, "path": cfg.head_path, "saved": head is not None} if cfg.target != "labels" else None,
+            teacher={k: v for k, v in setup.targets.info.items() if k != "cache"} or None,
+            checkpoint=str(best.relative_to(run_dir)),
+        ).save(run_dir / "student.json")
+        storage.write_json(run_dir / "metrics.json", metrics)
+    return run_dir
+
+
+def train(data: DataConfig, teacher: TeacherConfig, train: TrainConfig) -> Path:
+    """Train a student and write its run directory; returns the run directory.
+
+    Raises:
+        ConfigError: A bad value, an existing run without ``resume``, or a resume with other settings.
+        NonFiniteLossError: The loss became NaN/inf; the last good checkpoint stays.
+    """
+    setup = build_run(data, teacher, train)
+    return finalize_run(setup, fit_run(setup))
+
+
+_train = train  # train_command's parameter named "train" (the --train.X flags) shadows the function
+
+
+def train_command(
+    data: DataConfig = DataConfig(),
+    teacher: TeacherConfig = TeacherConfig(),
+    train: TrainConfig = TrainConfig(),
+) -> None:
+    """Train a student: from labels, response KD or feature KD.
+
+    Args:
+        data: The dataset and its splits.
+        teacher: The teacher (for KD targets).
+        train: How to train.
+    """
+    run_dir = _train(data, teacher, train)
+    if rank_zero_only.rank == 0:
+        m = storage.read_json(run_dir / "metrics.json")
+        acc = m.get("best_val_acc")
+        test = f", test acc {100 * m['test_acc']:.2f}%" if "test_acc" in m else ""
+        if acc is not None:
+            best = f"best val acc {100 * acc:.2f}% (epoch {m['best_epoch']})"
+        elif m.get("n_val"):
+            best = f"no validation ran (stopped at step {m.get('best_step')} before the first one)"
+        else:
+            best = "no val split"
+        print(f"{run_dir}: {best}{test}, {m['elapsed_s']:.0f}s")

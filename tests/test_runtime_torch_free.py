@@ -1,0 +1,191 @@
+"""The deploy runtime needs only onnxruntime, numpy and Pillow: predict in a child where torch & co cannot be imported.
+
+The models are exported here, with torch; the child process installs a ``sys.meta_path`` finder
+that refuses torch, torchvision, timm, lightning and open_clip before importing any of
+edgedistill, runs ``edgedistill predict`` through the CLI and the ``deploy.runtime`` API, and
+reports what it printed, its probabilities and every refused import attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from conftest import IMAGE_FOLDER_COLOURS, tiny_teacher_cfg
+from edgedistill import storage
+from edgedistill.data.views import ViewSpec, preprocess
+from edgedistill.deploy import export as ex
+
+CLASSES = ["cat", "dog", "ship"]
+VIEW = {"image_size": 32, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear"}
+BLOCKED = ("torch", "torchvision", "timm", "lightning", "pytorch_lightning", "open_clip")
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+CHILD = r"""
+import importlib.abc, json, sys
+
+BLOCKED = set(json.loads(sys.argv[1]))
+already = sorted(n for n in sys.modules if n.partition(".")[0] in BLOCKED or n.startswith("edgedistill"))
+attempts = []
+
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in BLOCKED:
+            attempts.append(name)
+            raise ImportError(f"{name} is blocked: the deploy runtime must not need it")
+        return None
+
+
+sys.meta_path.insert(0, Block())
+job = json.loads(sys.argv[2])
+from edgedistill.cli import main
+
+codes = [main(argv) for argv in job["cli"]]
+print("@@", flush=True)  # the CLI's output ends here
+import numpy as np
+from PIL import Image
+from edgedistill.deploy.runtime import OnnxModel, preprocess
+
+model = OnnxModel(job["model"])
+clf = model.classifier(job.get("prompts"))
+probs = clf.score(np.stack([preprocess(Image.open(p), model.view) for p in job["images"]]))
+import edgedistill.deploy.bench  # what bench's ONNX Runtime children import
+loaded = sorted(n for n in sys.modules if n.partition(".")[0] in BLOCKED)
+print("@@" + json.dumps({"already": already, "codes": codes, "labels": clf.labels, "probs": probs.tolist(),
+                         "attempts": attempts, "loaded": loaded}))
+"""
+
+
+def _run_child(job: dict) -> tuple[dict, list[str], str]:
+    """(result, CLI stdout lines, stderr) of the torch-blocked child.
+
+    ``job``: ``cli`` (argument lists for ``edgedistill.cli.main``), then ``model`` (an .onnx file), ``prompts``
+    (None: its classes) and ``images`` for the runtime API.
+    """
+    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "EDGEDISTILL_NO_PROGRESS": "1"}
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(BLOCKED), json.dumps(job)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cli_out, _, rest = proc.stdout.partition("@@\n")
+    return json.loads(rest.strip().rpartition("@@")[2]), cli_out.strip().splitlines(), proc.stderr
+
+
+def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 10) -> nn.Module:
+    """A few Adam steps (one thread: fast on a busy machine), BatchNorm statistics refreshed, eval mode."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        model.train()
+        for _ in range(steps):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        with torch.no_grad():
+            for _ in range(5):
+                model(x)
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
+
+
+def _colour_image(name: str, rng, size=(40, 28)) -> Image.Image:
+    arr = np.array(IMAGE_FOLDER_COLOURS[name]) + rng.integers(-60, 60, (size[1], size[0], 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny timm student trained on class-coloured images, exported with torch: (export dir, run dir, images)."""
+    from edgedistill.students import create_student
+
+    d = tmp_path_factory.mktemp("torchfree")
+    rng = np.random.default_rng(0)
+    view = ViewSpec(**VIEW)
+    train = [(preprocess(_colour_image(c, rng, (32, 32)), view), i) for i in range(3) for c in [CLASSES[i]] * 12]
+    torch.manual_seed(0)
+    model = _fit(create_student("test_resnet", 3), torch.from_numpy(np.stack([x for x, _ in train])),
+                 torch.tensor([y for _, y in train]))
+    run = d / "run"
+    storage.save_safetensors(run / "student.safetensors", model.state_dict())
+    storage.write_json(run / "student.json", {"arch": "test_resnet", "num_outputs": 3, "class_names": CLASSES,
+                                              "view": VIEW})
+    deploy, meta = ex.load_student_deploy(run)
+    ex.export_model(deploy, meta, d / "exp")
+    images = []
+    for i, c in enumerate(["ship", "cat", "dog"]):  # not in class order; PNG and JPEG
+        path = d / "imgs" / f"{i}_{c}.{'png' if i % 2 else 'jpg'}"
+        path.parent.mkdir(exist_ok=True)
+        _colour_image(c, rng).save(path)
+        images.append(path)
+    return d / "exp", run, images
+
+
+def test_predict_without_torch(exported):
+    exp, run, images = exported
+    job = {"model": str(exp / "model.onnx"), "images": [str(p) for p in images],
+           "cli": [["predict", str(exp / "model.onnx"), *map(str, images), "--top_k", "2"],
+                   ["predict", str(exp), str(images[0]), "--top_k", "3"]]}  # the export directory
+    result, cli_out, err = _run_child(job)
+    assert result["already"] == []  # the blocker came before anything was imported
+    assert result["loaded"] == [], f"blocked modules were imported: {result['loaded']}"
+    assert result["attempts"] == [], f"the deploy runtime tried to import {result['attempts']}"
+    assert result["codes"] == [0, 0], err
+    # Reference: the PyTorch student on the same pixels.
+    model, meta = ex.load_student_deploy(run)
+    x = torch.from_numpy(np.stack([preprocess(Image.open(p), meta.view_spec) for p in images]))
+    with torch.no_grad():
+        ref = torch.softmax(model(x), dim=1).numpy()
+    assert result["labels"] == CLASSES
+    np.testing.assert_allclose(np.array(result["probs"]), ref, atol=1e-4)
+    # The CLI printed top-k lines: the right colour class first, with the reference probabilities.
+    assert len(cli_out) == len(images) + 1
+    for line, path, probs, k in zip(cli_out, images + [images[0]], list(ref) + [ref[0]], [2] * len(images) + [3]):
+        name, _, top = line.partition(": ")
+        pairs = [t.rsplit(" ", 1) for t in top.split(", ")]
+        assert name == str(path) and len(pairs) == k
+        assert pairs[0][0] == path.stem.split("_")[1]  # e.g. 0_ship.jpg -> ship
+        for label, p in pairs:
+            assert float(p) == pytest.approx(probs[CLASSES.index(label)], abs=1.5e-3)
+
+
+def test_prompts_without_torch(tmp_path):
+    """Stored prompts classify torch-free; a new prompt is refused in one line (its encoder needs torch)."""
+    model, meta, teacher = ex.load_teacher_deploy(tiny_teacher_cfg())
+    ex.export_model(model, meta, tmp_path / "t", prompts=["a cat", "a dog"], teacher=teacher)
+    img = tmp_path / "x.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(img)
+    onnx = str(tmp_path / "t" / "model.onnx")
+    job = {"model": onnx, "prompts": ["a dog", "a cat"], "images": [str(img)],
+           "cli": [["predict", onnx, str(img), "--prompts", '["a dog", "a cat"]'],
+                   ["predict", onnx, str(img), "--prompts", '["a fox", "a cat"]']]}
+    result, cli_out, err = _run_child(job)
+    assert result["loaded"] == [] and result["codes"] == [0, 2], err
+    # The only import attempt is the new prompt's text encoder, refused with one clear line.
+    assert result["attempts"] and {a.partition(".")[0] for a in result["attempts"]} <= {"torch", "open_clip"}
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Cannot embed prompts ['a fox']" in errors[0] and "Re-export with --prompts" in errors[0]
+    # Stored prompts: softmax(scale * cos(image, text)), as PyTorch computes it.
+    x = torch.from_numpy(preprocess(Image.open(img), meta.view_spec))[None]
+    with torch.no_grad():
+        emb = nn.functional.normalize(model(x), dim=-1)
+        text = nn.functional.normalize(teacher.encode_text(["a dog", "a cat"]), dim=-1)
+    expected = torch.softmax(meta.logit_scale * emb @ text.T, dim=-1).numpy()
+    assert result["labels"] == ["a dog", "a cat"]
+    np.testing.assert_allclose(np.array(result["probs"]), expected, atol=1e-4)
+    assert len(cli_out) == 1 and cli_out[0].startswith(f"{img}: ")
+    printed = dict(t.rsplit(" ", 1) for t in cli_out[0].partition(": ")[2].split(", "))
+    assert set(printed) == {"a dog", "a cat"}
+    for label, p in printed.items():
+        assert float(p) == pytest.approx(expected[0, ["a dog", "a cat"].index(label)], abs=1.5e-3)
