@@ -40,15 +40,18 @@ SCRIPT = textwrap.dedent(f"""
     from edgedistill import cache
     from edgedistill.config import DataConfig, TeacherConfig
 
+    # At the top level, so that the processes torch.multiprocessing spawns (which re-import this script
+    # with the same argv) write their shards slowly too.
+    write = cache._write_shard
+
+    def slow(*args, **kwargs):
+        write(*args, **kwargs)
+        time.sleep(float(sys.argv[4]))
+
+    cache._write_shard = slow
+
     if __name__ == "__main__":
-        root, cache_dir, devices, sleep = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-        write = cache._write_shard
-
-        def slow(*args, **kwargs):
-            write(*args, **kwargs)
-            time.sleep(sleep)
-
-        cache._write_shard = slow
+        root, cache_dir, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
         cache.ensure_cache(DataConfig(dataset="imagefolder", root=root, val_fraction=0.0),
                            TeacherConfig(kind="openclip", model={TINY!r}, pretrained="random", device="cpu", batch_size=16),
                            "train", cache_dir, devices=devices, shard_size={SHARD}, num_workers=0)
@@ -223,7 +226,7 @@ def test_resume_after_sigkill_is_identical(tmp_path, images, reference):
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path, images, reference):
     cache_dir = tmp_path / "cache"
-    proc = _run_script(tmp_path, images, cache_dir, 2, sleep=0.5)  # slow shards: neither process can take them all
+    proc = _run_script(tmp_path, images, cache_dir, 2, sleep=1.0)  # slow shards: neither process can take them all
     out = proc.communicate(timeout=240)[0]
     assert proc.returncode == 0, out
     folder = cache_dir / reference.path.relative_to(reference.path.parents[3])

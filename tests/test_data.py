@@ -496,10 +496,10 @@ def test_fashion_mnist_bad_files_raise_data_errors(tmp_path: Path, monkeypatch: 
 @pytest.mark.slow  # extracting the 10,000-image demo archive takes 7-20 s on 2 cores
 def test_demo_dataset(demo_root: Path) -> None:
     splits = build_splits(DataConfig(dataset="demo", root=str(demo_root)))
-    assert splits.manifest["counts"] == {"train": 900, "val": 100, "test": 1000, "unlabeled": 8000}
+    assert splits.manifest["counts"] == {"train": 4500, "val": 500, "test": 5000, "unlabeled": 40000}
     assert len(splits.classes) == 10 and splits.classes[0] == "airplane"
     assert [p.source for p in splits.parts["test"]] == ["demo/eval"]
-    assert np.bincount(splits.labels("val")).tolist() == [10] * 10
+    assert np.bincount(splits.labels("val")).tolist() == [50] * 10
     img = splits.sources["demo/unlabeled"].load(0)
     assert img.size == (32, 32) and img.mode == "RGB"
     json.dumps({k: s.identity() for k, s in splits.sources.items()})

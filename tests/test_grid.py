@@ -13,14 +13,13 @@ import yaml
 
 from conftest import TINY
 from edgedistill.errors import ConfigError
-from edgedistill.pipelines.demo import demo_grid_path
 from edgedistill.pipelines.grid import load_grid, run_grid
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = sorted((ROOT / "configs").rglob("*.yaml")) + [demo_grid_path()]
+SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name if p.parent.name == "demo" else str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_shipped_grid_loads(path):
     grid = load_grid(path)  # builds and validates every row's data / teacher / train config
     assert grid.runs

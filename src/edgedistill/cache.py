@@ -691,7 +691,7 @@ def _spawn_worker(rank: int, world: int, data_cfg: DataConfig, teacher_cfg: Teac
         teacher_cfg = dataclasses.replace(teacher_cfg, device="cpu")
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))  # share the cores instead of oversubscribing
     splits = build_splits(data_cfg)
-    teacher = create_teacher(teacher_cfg)
+    teacher = create_teacher(teacher_cfg, cache_dir)
     for key in splits.sources_of(split_spec):
         cache_source(teacher, splits.sources[key], cache_dir, rank=rank, world_size=world, **kwargs)
 
@@ -739,7 +739,7 @@ def ensure_cache(
     cache_dir = str(Path(cache_dir).expanduser())
     kwargs = {"views": views, "seed": seed, "shard_size": shard_size, "batch_size": teacher_cfg.batch_size,
               "num_workers": num_workers}
-    teacher = create_teacher(teacher_cfg) if teacher is None else teacher
+    teacher = create_teacher(teacher_cfg, cache_dir) if teacher is None else teacher
     view = view_name(views, seed)
     missing = [k for k in keys if not (cache_path(cache_dir, teacher.fingerprint, k, view) / "manifest.json").exists()]
     if devices > 1 and missing:

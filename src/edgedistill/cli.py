@@ -8,6 +8,7 @@ Only the chosen command's module is imported, so ``edgedistill --help`` is insta
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 import sys
@@ -24,7 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("edgedistill.deploy.export:export_command", "Export a student or teacher image tower to ONNX (parity-checked), INT8, TensorRT."),
     "bench": ("edgedistill.deploy.bench:bench_command", "Benchmark teacher vs student: latency, throughput, memory."),
     "predict": ("edgedistill.deploy.predict:predict_command", "Classify images with an exported or checkpointed student."),
-    "demo": ("edgedistill.pipelines.demo:demo_command", "The whole story offline on the bundled CIFAR-10 subset, with a report."),
+    "distill": ("edgedistill.pipelines.distill:distill_command", "From a folder of images to a deployed, benchmarked student, in one command."),
+    "demo": ("edgedistill.pipelines.distill:demo_command", "distill on the bundled CIFAR-10 images (offline), with a report."),
 }
 
 
@@ -55,8 +57,24 @@ def build_parser(name: str):
     func = _load(target)
     parser = ArgumentParser(prog=f"edgedistill {name}", description=help_, exit_on_error=False, allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with any of the flags below.")
-    parser.add_function_arguments(func, as_group=False)
+    config_cls = _config_class(func)
+    if config_cls is not None:  # a command taking one config dataclass: its fields are the flags
+        parser.add_class_arguments(config_cls, as_group=False)
+    else:
+        parser.add_function_arguments(func, as_group=False)
     return parser, func
+
+
+def _config_class(func) -> type | None:
+    """The dataclass of a command whose only parameter is a config dataclass (``distill``), else None."""
+    import dataclasses
+    import typing
+
+    params = list(inspect.signature(func).parameters)
+    if len(params) != 1:
+        return None
+    hint = typing.get_type_hints(func).get(params[0])
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.pop("config", None)
         kwargs = parser.instantiate(cfg)
         kwargs.pop("config", None)
-        func(**kwargs)
+        config_cls = _config_class(func)
+        func(config_cls(**kwargs)) if config_cls is not None else func(**kwargs)
     except EdgeDistillError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -98,7 +117,6 @@ def main(argv: list[str] | None = None) -> int:
 def _positionals_to_flags(func, argv: list[str]) -> list[str]:
     """Bare arguments fill the function's required parameters in order (``run GRID.yaml``,
     ``predict MODEL IMG ...``); a required list parameter takes every bare argument that follows."""
-    import inspect
     import json
 
     required = [p for p in inspect.signature(func).parameters.values() if p.default is inspect.Parameter.empty]

@@ -30,6 +30,7 @@ DEFAULT_DATA_DIR = "~/.cache/edgedistill-data"
 
 Dataset = Literal["stl10", "cifar10", "fashion_mnist", "imagefolder", "demo"]
 TeacherKind = Literal["openclip", "timm", "efficientnet_lite0"]
+TeacherRuntime = Literal["torch", "onnxruntime"]
 Target = Literal["labels", "logits", "embedding"]
 HeadKind = Literal["text", "label_map", "linear"]
 FeatureLoss = Literal["mse", "mse_normalized", "cosine"]
@@ -176,6 +177,9 @@ class DataConfig:
     """Seed of the validation carve-out and the labeled subset; recorded in every manifest."""
     download: bool = False
     """Download the dataset through torchvision when it is missing (needs internet)."""
+    train_labels: bool = True
+    """Use the training images' labels. False: zero-label distillation: the train split keeps its images with their
+    labels hidden (no probe, no from-labels baseline); val and test keep theirs, for selection and the final number."""
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -209,6 +213,9 @@ class TeacherConfig:
     """Images per forward pass."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``."""
+    runtime: TeacherRuntime = "torch"
+    """What runs the image tower: torch, or onnxruntime (exported to ONNX once, parity-checked against PyTorch, and run
+    by ONNX Runtime on the CPU: several times faster there). Part of the teacher's fingerprint."""
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -487,8 +494,123 @@ class GridConfig:
                 from_dict(TeacherConfig, values.teacher, "grid defaults: teacher"))
 
 
+# ----------------------------------------------------------------------------- distill
+
+
+@dataclass
+class HeadsConfig:
+    """The teacher's heads: how its outputs become class scores for the student to learn."""
+
+    section: ClassVar[str] = "heads"
+
+    zero_shot: Literal["auto", "text", "label_map", "none"] = "auto"
+    """Head that needs no labels: text (CLIP prompts), label_map (ImageNet classes), auto (text for CLIP teachers,
+    label_map for ImageNet classifiers) or none."""
+    probe: bool = True
+    """Fit a linear probe on the teacher's embeddings of the labeled training images (when there are labels)."""
+    templates: Templates = "ensemble"
+    """Prompt templates of the text head."""
+    label_map: str | None = None
+    """Label map name or JSON path for the label_map head; None: a shipped map covering the classes."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+
+@dataclass
+class StudentRow:
+    """One student of ``distill``: a name and how it differs from the shared settings."""
+
+    section: ClassVar[str] = "students"
+
+    name: str = ""
+    """Its name (and run directory name)."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """TrainConfig values of this student over the shared ``train`` section, e.g. ``{target: logits, head: linear}``.
+    A student with ``target: labels`` is a baseline: trained only when the data has training labels."""
+    data: dict[str, Any] = field(default_factory=dict)
+    """DataConfig values over the shared ``data`` section (e.g. ``{max_unlabeled: 2000}``)."""
+    note: str = ""
+    """Free text, shown in the report."""
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise ConfigError(f"Every student needs a 'name'; got {self.name!r}")
+        for key in ("train", "data"):
+            if not isinstance(getattr(self, key), dict):
+                raise ConfigError(f"students[{self.name!r}].{key} must be a mapping of fields, got {getattr(self, key)!r}")
+
+
+@dataclass
+class DeploySettings:
+    """What ``distill`` exports and races."""
+
+    section: ClassVar[str] = "deploy"
+
+    int8: bool = True
+    """Also export INT8 (static QDQ, calibrated on training images) of the student and the teacher."""
+    calib_size: int = 256
+    """Images calibrating INT8."""
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    """Batch sizes of the deployment benchmark."""
+    warmup: int = 5
+    """Untimed runs before each measurement."""
+    iters: int = 30
+    """Timed runs per measurement."""
+    runtimes: list[str] = field(default_factory=lambda: ["onnxruntime"])
+    """Runtimes raced (deploy.bench.RUNTIMES; unavailable ones are skipped with the reason)."""
+    tutorial_teacher: str | None = "ViT-B-32"
+    """Also race this open_clip image tower (random-init: speed does not depend on weights), the tutorial's teacher."""
+
+    def __post_init__(self) -> None:
+        require(self.calib_size >= 1, "deploy", "calib_size", self.calib_size, "it must be >= 1")
+        require(bool(self.batch_sizes) and min(self.batch_sizes) >= 1, "deploy", "batch_sizes", self.batch_sizes,
+                "give batch sizes >= 1")
+        require(self.iters >= 1 and self.warmup >= 0, "deploy", "iters", self.iters, "iters >= 1, warmup >= 0")
+
+
+@dataclass
+class DistillConfig:
+    """``edgedistill distill``: one YAML from a folder of images to a deployed, benchmarked student."""
+
+    section: ClassVar[str] = "distill"
+
+    name: str = "distill"
+    """Name shown in the report."""
+    out: str = "runs/distill"
+    """Output folder: report.md, results.json, plots, runs/, exports/ (the predict artefact), bench/."""
+    cache_dir: str = DEFAULT_CACHE_DIR
+    """Teacher-output and pixel cache root."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """The images (shared by every student)."""
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """The teacher."""
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    """The teacher's heads."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Training settings shared by every student (each student row overrides some)."""
+    students: list[StudentRow] = field(default_factory=lambda: [
+        StudentRow("scratch", {"target": "labels"}),
+        StudentRow("kd", {"target": "logits", "head": "linear", "train_split": "train+unlabeled"})])
+    """The students: baselines (target labels) and distilled ones; the best distilled one (on val) is deployed."""
+    deploy: DeploySettings = field(default_factory=DeploySettings)
+    """Export and benchmark."""
+    gpu: GridSections = field(default_factory=GridSections)
+    """Values applied on top when a CUDA GPU is present: a larger budget (e.g. ``train: {epochs: 30}``)."""
+
+    def __post_init__(self) -> None:
+        self.students = [r if isinstance(r, StudentRow) else from_dict(StudentRow, r, f"students[{i}]")
+                         for i, r in enumerate(self.students)]
+        if not self.students:
+            raise ConfigError("distill needs at least one student")
+        names = [r.name for r in self.students]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"Student name(s) {dup} appear twice")
+
+
 __all__ = [
-    "CACHED_CROP_SCALE", "DEFAULT_CACHE_DIR", "DEFAULT_DATA_DIR", "DataConfig", "GridConfig", "GridRow", "GridSections",
-    "GridTeacher", "RECORD_IGNORED", "TeacherConfig", "TrainConfig", "asdict", "check_choices", "from_dict", "replace",
-    "require", "split_names",
+    "CACHED_CROP_SCALE", "DEFAULT_CACHE_DIR", "DEFAULT_DATA_DIR", "DataConfig", "DeploySettings", "DistillConfig",
+    "GridConfig", "GridRow", "GridSections", "GridTeacher", "HeadsConfig", "RECORD_IGNORED", "StudentRow",
+    "TeacherConfig", "TrainConfig", "asdict", "check_choices", "from_dict", "replace", "require", "split_names",
 ]

@@ -161,7 +161,7 @@ class TeacherEvalPlan:
 
 
 def plan_teacher_eval(data: DataConfig, teacher: TeacherConfig, *, head: str, templates: str, label_map: str | None,
-                      probe: str | None, split: str) -> TeacherEvalPlan:
+                      probe: str | None, split: str, cache_dir: str = DEFAULT_CACHE_DIR) -> TeacherEvalPlan:
     """Resolve the heads and check every argument (label map, probe, splits) before the teacher runs on any image."""
     from edgedistill import heads as H
     from edgedistill.data.splits import build_splits
@@ -173,7 +173,7 @@ def plan_teacher_eval(data: DataConfig, teacher: TeacherConfig, *, head: str, te
     if not (splits.labels(split) >= 0).any():
         raise DataError(f"Split {split!r} has no labels to evaluate against. Valid labeled splits: "
                         f"{', '.join(n for n, ps in splits.parts.items() if any(p.labeled for p in ps))}")
-    model = create_teacher(teacher)
+    model = create_teacher(teacher, cache_dir)
     kinds = resolve_heads(head, model)
     classes, built = splits.classes, {}
     spec = [split]
@@ -242,7 +242,7 @@ def evaluate_teacher(
     from edgedistill.heads import fit_probe
 
     plan = plan_teacher_eval(data, teacher, head=head, templates=templates, label_map=label_map, probe=probe,
-                             split=split)
+                             split=split, cache_dir=cache_dir)
     out_dir = Path(out) if out is not None else None
     caches = ensure_cache(data, teacher, plan.cache_spec, cache_dir, teacher=plan.model, splits=plan.splits,
                           num_workers=num_workers)

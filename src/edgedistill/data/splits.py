@@ -367,7 +367,7 @@ def build_splits(cfg: DataConfig) -> DataSplits:
     order = [s.key for s in labeled]
     val_rows, train_rows, hidden_rows = (np.concatenate(r) if r else np.zeros(0, np.int64) for r in (val_rows, train_rows, hidden_rows))
 
-    parts: dict[str, list[SplitPart]] = {"train": _to_parts(keys[train_rows], idx[train_rows], order, True)}
+    parts: dict[str, list[SplitPart]] = {"train": _to_parts(keys[train_rows], idx[train_rows], order, cfg.train_labels)}
     if len(val_rows):
         parts["val"] = _to_parts(keys[val_rows], idx[val_rows], order, True)
     if test:
@@ -395,6 +395,7 @@ def build_splits(cfg: DataConfig) -> DataSplits:
         "seed": cfg.seed,
         "val_fraction": cfg.val_fraction,
         "labeled_per_class": cfg.labeled_per_class,
+        "train_labels": cfg.train_labels,
         "max_unlabeled": cfg.max_unlabeled,
         "classes": list(classes),
         "counts": {name: int(sum(len(p.indices) for p in ps)) for name, ps in parts.items()},

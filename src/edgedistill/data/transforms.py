@@ -203,26 +203,28 @@ class BatchAugment(torch.nn.Module):
         self.register_buffer("mean", torch.tensor(view.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(view.std).view(1, 3, 1, 1), persistent=False)
 
-    def boxes(self, n: int, device: torch.device) -> torch.Tensor:
+    def boxes(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
         """Random crops ``[n, 5]`` (top, left, height, width, flip) in relative units."""
-        area = torch.empty(n, device=device).uniform_(*self.scale)
-        log_r = torch.empty(n, device=device).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]))
+        u = torch.rand(5, n, device=device, generator=generator)
+        area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[0]
+        log_r = math.log(self.ratio[0]) + (math.log(self.ratio[1]) - math.log(self.ratio[0])) * u[1]
         w = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)
         h = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
-        top, left = torch.rand(n, device=device) * (1 - h), torch.rand(n, device=device) * (1 - w)
-        return torch.stack([top, left, h, w, (torch.rand(n, device=device) < 0.5).float()], dim=1)
+        return torch.stack([u[2] * (1 - h), u[3] * (1 - w), h, w, (u[4] < 0.5).float()], dim=1)
 
-    def forward(self, pixels: torch.Tensor, aug: bool, boxes: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor, aug: bool, boxes: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
         """``pixels`` uint8 ``[B, S, S, 3]`` -> normalised float ``[B, 3, S, S]``.
 
         Args:
             pixels: Decoded images.
             aug: Crop and flip (training); off: only normalise (evaluation).
             boxes: ``[B, 5]`` crops to apply (e.g. cached views' ``AugParams``); None: drawn here.
+            generator: RNG of the drawn crops (None: torch's global one).
         """
         x = pixels.permute(0, 3, 1, 2).float().div_(255.0)  # [B, 3, S, S]
         if aug:
-            b = self.boxes(len(x), x.device) if boxes is None else boxes.to(x.device, torch.float32)
+            b = self.boxes(len(x), x.device, generator) if boxes is None else boxes.to(x.device, torch.float32)
             top, left, h, w, flip = b.unbind(1)
             theta = torch.zeros(len(x), 2, 3, device=x.device)
             theta[:, 0, 0] = w * (1 - 2 * flip)  # a negative x scale mirrors the crop

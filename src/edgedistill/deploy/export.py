@@ -131,7 +131,7 @@ def load_teacher_deploy(cfg: TeacherConfig) -> tuple[DeployModel, DeployMeta, An
     from edgedistill.config import asdict
     from edgedistill.teachers import create_teacher
 
-    teacher = create_teacher(dataclasses.replace(cfg, device="cpu")).eval()  # export traces on CPU
+    teacher = create_teacher(dataclasses.replace(cfg, device="cpu", runtime="torch")).eval()  # export traces on CPU
     outputs = ["embedding", "logits"] if teacher.num_classes else ["embedding"]
     meta = DeployMeta(
         role="teacher", arch=teacher.name, outputs=outputs, view=teacher.view.to_dict(), target="embedding",
@@ -430,6 +430,6 @@ def export_command(
         if tch is None and prompts and meta.teacher:
             from edgedistill.teachers import create_teacher
 
-            tch = create_teacher(teacher_config(meta.teacher))
+            tch = create_teacher(dataclasses.replace(teacher_config(meta.teacher), runtime="torch"))
         export_model(deploy, meta, Path(out) / "student", data=data, text_embeddings=head_text_embeddings(deploy.head),
                      teacher=tch, **kwargs)

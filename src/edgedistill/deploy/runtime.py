@@ -247,7 +247,7 @@ def _teacher_text_encoder(teacher: dict) -> Callable[[list[str]], np.ndarray]:
 
         names = set(TeacherConfig.__dataclass_fields__)
         try:
-            model = create_teacher(TeacherConfig(**{k: v for k, v in teacher.items() if k in names}))
+            model = create_teacher(TeacherConfig(**{**{k: v for k, v in teacher.items() if k in names}, "runtime": "torch"}))
             with torch.no_grad():
                 return model.encode_text(prompts).float().cpu().numpy()
         except EdgeDistillError as e:

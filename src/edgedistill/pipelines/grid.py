@@ -101,9 +101,35 @@ def _student_row(grid: GridConfig, row, overrides: GridSections, probe: Path | N
             "published": tutorial.published(row.published), "train_s": m.get("elapsed_s"), "run_dir": str(run_dir)}
 
 
+def run_grid_config(grid: GridConfig, *, only: list[str] | None = None, smoke: bool = False,
+                    overrides: GridSections | None = None, source: str = "") -> dict:
+    """Run the teacher heads, then every row of ``grid`` (or those in ``only``); returns the results (not written).
+
+    Args:
+        grid: the grid.
+        only: run just these row names (teacher rows always run; they are cached).
+        smoke: two optimisation steps per run, one epoch; checks the grid end to end.
+        overrides: config values applied to every row last.
+        source: where the grid came from, recorded in the results.
+    """
+    over = overrides or GridSections()
+    if smoke:
+        over = over.merged(GridSections(train={"max_steps": 2, "epochs": 1}))
+    if only:
+        unknown = sorted(set(only) - {r.name for r in grid.runs})
+        if unknown:
+            raise ConfigError(f"--only names {unknown} are not runs of {source or grid.name!r}")
+    t0 = time.time()
+    test = bool(grid.defaults.merged(over).train.get("eval_test"))
+    rows, probe = _teacher_rows(grid, over, test=test)
+    rows += [_student_row(grid, row, over, probe, smoke) for row in grid.runs if not only or row.name in only]
+    return {"grid": source, "name": grid.name, "out_dir": str(grid.out_dir), "rows": rows,
+            "elapsed_s": round(time.time() - t0, 1)}
+
+
 def run_grid(grid_path: str | Path, *, only: list[str] | None = None, smoke: bool = False,
              out_dir: str | None = None, overrides: dict | None = None) -> dict:
-    """Run every row of a grid (teacher heads first), then write the results table and plots.
+    """Run every row of a grid file (teacher heads first), then write the results table and plots.
 
     Args:
         grid_path: the YAML grid.
@@ -120,18 +146,8 @@ def run_grid(grid_path: str | Path, *, only: list[str] | None = None, smoke: boo
     grid = load_grid(grid_path)
     if out_dir:
         grid.out_dir = out_dir
-    over = from_dict(GridSections, overrides or {}, "overrides")
-    if smoke:
-        over = over.merged(GridSections(train={"max_steps": 2, "epochs": 1}))
-    if only:
-        unknown = sorted(set(only) - {r.name for r in grid.runs})
-        if unknown:
-            raise ConfigError(f"--only names {unknown} are not runs of {str(grid_path)!r}")
-    t0 = time.time()
-    rows, probe = _teacher_rows(grid, over, test=bool(grid.defaults.train.get("eval_test")))
-    rows += [_student_row(grid, row, over, probe, smoke) for row in grid.runs if not only or row.name in only]
-    results: dict[str, Any] = {"grid": str(grid_path), "name": grid.name, "out_dir": str(grid.out_dir), "rows": rows,
-                               "elapsed_s": round(time.time() - t0, 1)}
+    results = run_grid_config(grid, only=only, smoke=smoke, overrides=from_dict(GridSections, overrides or {}, "overrides"),
+                              source=str(grid_path))
     write_grid_results(results, Path(grid.out_dir))
     return results
 

@@ -1,123 +1,162 @@
-"""The demo's report: ``report.md`` telling what was run and what it shows, from ``results.json``.
+"""Reports written from results, never from fixed text: ``distill``'s report.md and a grid's results tables.
 
-Every number in the report is read from the results of this run; the sentences that
-interpret them are chosen by comparing those numbers, so the text stays true when the
-numbers change.
+Every number is read from the run's results; the sentences that interpret them are chosen by
+comparing those numbers, so the text stays true when the numbers change. The tutorial's
+published figures appear in their own section, labelled as the tutorial's.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 from typing import Any
 
 from edgedistill import storage, tutorial
 
 
-def _pct(x: float | None) -> str:
+def pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
 
 
-def findings(results: dict) -> list[str]:
-    """Plain sentences comparing the numbers of this run (the tutorial's two findings, and the race)."""
-    out = []
-    scratch = next((x for x in results["students"] if x["target"] == "labels"), None)
-    kd_lab = next((x for x in results["students"] if x["target"] == "logits" and not x["unlabeled"]), None)
-    kd_unl = max((x for x in results["students"] if x["target"] == "logits" and x["unlabeled"]),
-                 key=lambda x: x.get("n_unlabeled", 0), default=None)
-    feat = next((x for x in results["students"] if x["target"] == "embedding"), None)
-    if scratch and kd_unl:
-        d = 100 * (kd_unl["eval_acc"] - scratch["eval_acc"])
-        verdict = "beats" if d > 0 else "does **not** beat"
-        out.append(f"Response KD with {kd_unl.get('n_unlabeled', 0):,} unlabeled images {verdict} the from-scratch "
-                   f"student on the same labels: {_pct(kd_unl['eval_acc'])} vs {_pct(scratch['eval_acc'])} "
-                   f"({d:+.1f} points).")
-    if kd_lab and kd_unl:
-        d = 100 * (kd_unl["eval_acc"] - kd_lab["eval_acc"])
-        verdict = "helps" if d > 0 else "does **not** help"
-        out.append(f"Adding unlabeled images to response KD {verdict}: {_pct(kd_unl['eval_acc'])} vs "
-                   f"{_pct(kd_lab['eval_acc'])} on the labeled images alone ({d:+.1f} points).")
-    if feat and kd_unl:
-        d = 100 * (feat["eval_acc"] - kd_unl["eval_acc"])
-        verdict = ("the two are level (within a point)" if abs(d) < 1.0 else
-                   "feature KD wins" if d > 0 else "response KD wins")
-        out.append(f"With the same unlabeled data {verdict}: feature KD {_pct(feat['eval_acc'])}, "
-                   f"response KD {_pct(kd_unl['eval_acc'])}.")
-    probe = results["teacher"].get("probe_acc")
-    if probe and kd_unl:
-        out.append(f"Response KD with unlabeled images reaches {100 * kd_unl['eval_acc'] / probe:.0f}% of the "
-                   f"teacher probe's accuracy ({_pct(probe)}); the tutorial reached 98% with 100k unlabeled images "
-                   f"and 50 GPU epochs.")
-    rows = {(r["model"], r["precision"], r["batch"]): r for r in results.get("deploy", [])}
-    for batch in sorted({r["batch"] for r in results.get("deploy", [])}):
-        te, tt = rows.get(("teacher", "fp32", batch)), rows.get(("tutorial_teacher", "fp32", batch))
-        for prec in ("fp32", "int8"):
-            st = rows.get(("student", prec, batch))
-            if not (st and te):
-                continue
-            line = (f"Batch {batch}: the {prec.upper()} student runs {st['throughput_ips'] / te['throughput_ips']:.1f}x "
-                    f"the demo teacher's throughput")
-            if tt:
-                line += f" and {st['throughput_ips'] / tt['throughput_ips']:.0f}x the tutorial teacher's"
+def _final(s: dict) -> float | None:
+    """A student's or head's final number: held-out accuracy when read, else validation."""
+    return s["test_acc"] if s.get("test_acc") is not None else s.get("val_acc")
+
+
+def resolvable_gap(n: int, p: float = 0.7) -> float:
+    """The accuracy difference (points) two models scored on the same ``n`` images can be told apart by at 95%.
+
+    Conservative: the difference of two independent binomial proportions near ``p``,
+    ``1.96 * sqrt(2 p (1 - p) / n)``.
+    """
+    return 100 * 1.96 * math.sqrt(2 * p * (1 - p) / max(n, 1))
+
+
+def _race(results: dict) -> dict[tuple[str, str, int], dict]:
+    return {(r["model"], r["precision"], r["batch"]): r for r in results.get("deploy", [])}
+
+
+def headline(results: dict) -> list[str]:
+    """The first screen: the deployed student against its teacher in accuracy, speed and size."""
+    students = {s["name"]: s for s in results["students"]}
+    best = students[results["best_student"]]
+    heads = results["teacher"]["heads"]
+    ref_name = "linear" if "linear" in heads else next(iter(heads), None)
+    ref = _final(heads[ref_name]) if ref_name else None
+    where = f"the {results['evaluation']['n']:,} held-out images" if results.get("evaluation") else "validation"
+    acc = _final(best)
+    head_desc = {"linear": "linear probe", "text": "zero-shot text head", "label_map": "ImageNet label map"}
+    lines = [f"**{best['name']}** ({best['arch']}, {best['params'] / 1e6:.2f}M parameters) scores **{pct(acc)}** on "
+             f"{where}" + (f", **{100 * acc / ref:.1f}% of the teacher's {head_desc.get(ref_name, ref_name)}** "
+                           f"({pct(ref)})" if ref else "") + "."]
+    baselines = [s for s in results["students"] if s["target"] == "labels" and _final(s) is not None]
+    if baselines:
+        b = max(baselines, key=_final)
+        lines.append(f"It is {100 * (acc - _final(b)):+.1f} points against the best student trained on the labels "
+                     f"alone ({b['name']}: {pct(_final(b))}).")
+    race = _race(results)
+    batch = max((k[2] for k in race), default=None)
+    te = race.get(("teacher", "fp32", batch))
+    t_params = results["teacher"].get("params")
+    for prec in ("fp32", "int8"):
+        st = race.get(("student", prec, batch))
+        if st and te:
             mem = te["peak_mem_mb"] / max(st["peak_mem_mb"], 1e-6)
-            line += (f", with {mem:.1f}x less memory than the demo teacher." if mem >= 1 else
-                     f", but uses {1 / mem:.1f}x the demo teacher's memory.")
-            out.append(line)
+            lines.append(f"{prec.upper()} student, ONNX Runtime on this CPU, batch {batch}: "
+                         f"**{st['throughput_ips'] / te['throughput_ips']:.1f}x the teacher's throughput** "
+                         f"({st['throughput_ips']:.0f} vs {te['throughput_ips']:.0f} images/s, teacher in FP32), "
+                         + (f"{mem:.1f}x less resident memory" if mem >= 1 else f"{1 / mem:.1f}x **more** resident memory")
+                         + f" ({st['peak_mem_mb']:.0f} vs {te['peak_mem_mb']:.0f} MB).")
+    if t_params and best.get("params"):
+        ratio = t_params / best["params"]
+        lines.append(f"Size: {best['params'] / 1e6:.2f}M parameters against the teacher's {t_params / 1e6:.2f}M "
+                     f"({ratio:.1f}x {'fewer' if ratio >= 1 else 'more'}).")
+    return lines
+
+
+def _story(results: dict) -> list[str]:
+    d, t = results["data"], results["teacher"]
+    c = d["counts"]
+    labels = (f"{c.get('train', 0):,} labeled training images" if d["train_labels"]
+              else f"{c.get('train', 0):,} training images whose labels are not used")
+    out = [f"Data: `{d['dataset']}`: {labels}, {c.get('val', 0):,} validation images (they choose each student's best "
+           f"epoch and the student to deploy), {c.get('unlabeled', 0):,} unlabeled images"
+           + (f", {c.get('test', 0):,} held-out images read once for the final numbers." if d["held_out"] else
+              "; no held-out split, so every number is validation accuracy."),
+           f"Teacher: `{t['describe']}` at {t['image_size'] or 'its native'} px ({t['params'] / 1e6:.2f}M parameters, "
+           f"run by {t['runtime']} for caching), frozen; its outputs on every image are computed once and cached."]
+    for s in results["students"]:
+        kind = {"labels": "cross-entropy on the labels", "logits": f"response KD from the {s['head']} head",
+                "embedding": f"feature KD on the teacher's embedding, classified through the {s['head']} head"}[s["target"]]
+        extra = f", {s['kwargs']}" if s.get("kwargs") else ""
+        out.append(f"Student `{s['name']}`: {s['arch']}{extra} ({s['params'] / 1e6:.2f}M parameters), {kind}, "
+                   f"{s['n_unlabeled']:,} unlabeled images, {s['epochs']} epochs, "
+                   f"{(s['train_s'] or 0) / 60:.1f} min at {s['images_per_s'] or 0:.0f} images/s.")
     return out
 
 
-def write_report(results: dict, out_dir: Path) -> Path:
-    """Write ``report.md`` in ``out_dir`` (which holds the plots named in ``results['plots']``)."""
-    t = results["teacher"]
-    lines = [
-        "# edgedistill demo report",
-        "",
-        f"Command: `{results['command']}` — {results['machine']} — {results['elapsed_s']:.0f} s, "
-        f"finished {results['finished']}.",
-        "",
-        "## What was run",
-        "",
-        results["story"],
-        "",
-        "## What it shows",
-        "",
-    ]
-    lines += [f"- {f}" for f in findings(results)]
-    lines += ["", "## Accuracy on the held-out evaluation images", "",
-              "| model | arch | trained on | target | accuracy |", "|---|---|---|---|---|",
-              f"| teacher, ImageNet label map (no labels) | {t['arch']} | — | — | {_pct(t['label_map_acc'])} |",
-              f"| teacher, linear probe ({t['n_labels']} labels) | {t['arch']} | labels | — | {_pct(t['probe_acc'])} |"]
+def write_distill_report(results: dict, out_dir: Path) -> Path:
+    """``report.md`` of a distill run (the plots it names sit beside it)."""
+    m = results["machine"]
+    machine = f"{m.get('cpu') or '?'}, {m.get('cores')} cores" + (f", {m['gpu']}" if m.get("gpu") else "")
+    held = results["data"]["held_out"]
+    best = next(s for s in results["students"] if s["name"] == results["best_student"])
+    lines = [f"# {results['name']}: a {best['arch']} student distilled from {results['teacher']['describe']}", ""]
+    lines += [f"- {line}" for line in headline(results)]
+    n_val = best.get("n_val") or 0
+    lines += [f"- The deployed student was chosen on {n_val:,} validation images, never on held-out ones; at that size "
+              f"two students' accuracies are told apart (95%) when they differ by more than about "
+              f"{resolvable_gap(n_val):.1f} points."]
+    lines += [f"- {n}" for n in results.get("notes", [])]
+    lines += ["", f"Command: `{results['command']}`; {machine}; torch {m.get('torch', '?')}, onnxruntime "
+              f"{m.get('onnxruntime', '?')}; {results['elapsed_s']:.0f} s; finished {results['finished']}.", "",
+              "## Accuracy", "", f"| model | trained on | val acc | {held or 'held-out'} acc | % of teacher |",
+              "|---|---|---:|---:|---:|"]
+    heads = results["teacher"]["heads"]
+    ref_name = "linear" if "linear" in heads else next(iter(heads), None)
+    ref = _final(heads[ref_name]) if ref_name else None
+    for head, r in heads.items():
+        share = f"{100 * _final(r) / ref:.0f}%" if ref and _final(r) is not None else "—"
+        lines.append(f"| teacher, {head} head | {'labels' if head == 'linear' else 'no labels'} | {pct(r['val_acc'])} | "
+                     f"{pct(r['test_acc'])} | {share} |")
     for s in results["students"]:
-        data = f"labels + {s.get('n_unlabeled', 0):,} unlabeled" if s["unlabeled"] else "labels"
-        lines.append(f"| {s['name']} | {s['arch']} | {data} | {s['target']} | {_pct(s['eval_acc'])} |")
-    lines += ["", "![accuracy per model](accuracy.png)", "",
-              "![accuracy vs unlabeled images](accuracy_vs_unlabeled.png)", "",
-              f"Confusion matrix of the best student ({results['best_student']}):", "",
-              "![confusion matrix](confusion_best_student.png)", "",
-              "## Deployment race (ONNX Runtime, CPU, this machine)", "",
-              "| model | arch | precision | batch | resolution | images/s | latency p50 ms | memory MB |",
-              "|---|---|---|---|---|---|---|---|"]
+        data = "labels" if s["target"] == "labels" else f"teacher {s['head']} head"
+        data += f" + {s['n_unlabeled']:,} unlabeled" if s["n_unlabeled"] else ""
+        share = f"{100 * _final(s) / ref:.0f}%" if ref and _final(s) is not None else "—"
+        mark = " **(deployed)**" if s["name"] == results["best_student"] else ""
+        lines.append(f"| {s['name']}{mark} | {data} | {pct(s['val_acc'])} | {pct(s['test_acc'])} | {share} |")
+    lines += ["", "![accuracy per model](accuracy.png)", "", "![accuracy vs unlabeled images](accuracy_vs_unlabeled.png)"]
+    if results.get("evaluation"):
+        lines += ["", f"Confusion matrix of {results['best_student']} on the held-out images:", "",
+                  "![confusion matrix](confusion_best_student.png)"]
+    lines += ["", "## Deployment (ONNX Runtime, this machine)", "",
+              "| model | arch | precision | batch | resolution | images/s | latency p50 ms | memory MB | file MB |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results.get("deploy", []):
         lines.append(f"| {r['model']} | {r['arch']} | {r['precision']} | {r['batch']} | {r['resolution']} | "
-                     f"{r['throughput_ips']:.0f} | {r['latency_ms_p50']:.2f} | {r['peak_mem_mb']:.0f} |")
-    q = results.get("int8") or {}
-    if q.get("fp32_val_acc") is not None and q.get("int8_val_acc") is not None:
-        lines += ["", f"INT8 (static, calibrated on training images) keeps the student's validation accuracy at "
-                      f"{_pct(q['int8_val_acc'])} against {_pct(q['fp32_val_acc'])} in FP32."]
-    lines += ["", "`tutorial_teacher` is the OpenCLIP ViT-B-32 image tower, **random-initialised**: speed and "
-              "memory do not depend on the weights. Memory is the resident-set growth of a child process "
-              "that loads and runs only that model.", "", "![throughput and latency](bench.png)", "",
-              "## The tutorial's published figures (for reference; STL10, Jetson Orin Nano)", "",
-              "| tutorial run | STL10 test accuracy % |", "|---|---|"]
+                     f"{r['throughput_ips']:.0f} | {r['latency_ms_p50']:.2f} | {r['peak_mem_mb']:.0f} | "
+                     f"{r['file_mb']:.1f} |")
+    acc = results["export"]["accuracy"]
+    if acc.get("fp32") is not None and acc.get("int8") is not None:
+        lines += ["", f"INT8 (static, calibrated on training images) scores {pct(acc['int8'])} against "
+                      f"{pct(acc['fp32'])} in FP32 on the {results['export']['split']} images (ONNX Runtime)."]
+    lines += ["", "Memory is the resident-set growth of a child process that loads and runs only that model. "
+              "`tutorial_teacher` is the tutorial's OpenCLIP teacher architecture with random weights (speed and "
+              "memory do not depend on them).", "", "![throughput and memory](bench.png)", "", "## What was run", ""]
+    lines += [f"- {line}" for line in _story(results)]
+    lines += ["", f"The deployed student is `{results['export']['dir']}`: `edgedistill predict "
+              f"{results['export']['dir']} IMAGES...`.", "",
+              "## The tutorial's published figures (reference, not measured here)", "",
+              f"Source: {tutorial.SOURCE}; its checkpoints were chosen on the test set.", "",
+              "| tutorial run | STL10 test accuracy % |", "|---|---:|"]
     lines += [f"| {desc} | {acc} |" for desc, acc in tutorial.ACCURACY.values()]
-    lines += ["", "| tutorial model (TensorRT FP16, batch 8, 224 px) | images/s | latency ms | memory MB |",
-              "|---|---|---|---|"]
+    lines += ["", "| tutorial model (Jetson Orin Nano, TensorRT FP16, batch 8, 224 px) | images/s | latency ms | memory MB |",
+              "|---|---:|---:|---:|"]
     lines += [f"| {r['arch']} | {r['throughput_ips']} | {r['latency_ms_p50']} | {r['peak_mem_mb']:.0f} |" for r in tutorial.DEPLOY]
-    lines += ["", "The tutorial selected its checkpoints on the test set; here checkpoints are selected on a "
-              "validation split carved from the labeled images and the evaluation images are read once.", ""]
     path = out_dir / "report.md"
-    storage.write_text(path, "\n".join(lines))
+    storage.write_text(path, "\n".join(lines) + "\n")
     return path
 
 

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from edgedistill.config import TeacherConfig
+from edgedistill.config import DEFAULT_CACHE_DIR, TeacherConfig
 from edgedistill.errors import ConfigError
 from edgedistill.teachers.base import Teacher, make_fingerprint, resolve_device
 
@@ -45,8 +45,11 @@ def _factory(kind: str) -> TeacherFactory:
     return entry
 
 
-def create_teacher(cfg: TeacherConfig) -> Teacher:
+def create_teacher(cfg: TeacherConfig, cache_dir: str = DEFAULT_CACHE_DIR) -> Teacher:
     """Build the frozen teacher described by ``cfg`` on ``resolve_device(cfg.device)``.
+
+    With ``cfg.runtime="onnxruntime"`` its image tower is exported to ONNX under ``cache_dir``
+    (once, parity-checked) and run by ONNX Runtime on the CPU.
 
     Random-init weights (``pretrained='random'``, tests and benchmarks) are drawn with torch's
     RNG fixed, so every process gets the same teacher (and the same fingerprint).
@@ -55,9 +58,14 @@ def create_teacher(cfg: TeacherConfig) -> Teacher:
         ConfigError: Unknown kind, model or device.
         WeightsNotFoundError: Weights that cannot be found locally (or downloaded, for open_clip tags).
     """
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device) if cfg.runtime == "torch" else torch.device("cpu")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         teacher = _factory(cfg.kind)(cfg, device)
     teacher.batch_size = cfg.batch_size
-    return teacher.to(device)
+    teacher = teacher.to(device)
+    if cfg.runtime == "onnxruntime":
+        from edgedistill.teachers.base import OnnxRuntimeTeacher
+
+        teacher = OnnxRuntimeTeacher(teacher, cache_dir)
+    return teacher

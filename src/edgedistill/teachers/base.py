@@ -168,3 +168,67 @@ class Teacher(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, embed_dim={self.embed_dim}, view={self.view}, fingerprint={self.fingerprint[:12]}"
+
+
+class OnnxRuntimeTeacher(Teacher):
+    """A teacher whose image tower runs in ONNX Runtime (CPU); text, view and metadata come from the torch teacher.
+
+    The tower is exported once to ``<cache_dir>/teachers/<fingerprint[:16]>.onnx`` (opset 17,
+    dynamic batch) and checked against PyTorch on fresh inputs every time it is opened, so a
+    stale or damaged file is refused. Its outputs differ from PyTorch's by float rounding only,
+    but they are other numbers: the fingerprint names the runtime, and its caches are its own.
+
+    Args:
+        inner: The torch teacher (kept for ``encode_text`` and as the parity reference).
+        cache_dir: Where the exported tower is kept.
+        tolerance: Largest allowed max-abs difference from PyTorch.
+    """
+
+    def __init__(self, inner: Teacher, cache_dir: str | os.PathLike, tolerance: float = 1e-3) -> None:
+        super().__init__()
+        self.inner = inner
+        for attr in ("name", "embed_dim", "num_classes", "class_names", "view", "logit_scale", "batch_size"):
+            setattr(self, attr, getattr(inner, attr))
+        self.fingerprint = hashlib.sha256(f"{inner.fingerprint}|onnxruntime".encode()).hexdigest()
+        self.outputs = ["embedding", "logits"] if inner.num_classes else ["embedding"]
+        self.path = Path(cache_dir).expanduser() / "teachers" / f"{inner.fingerprint[:16]}.onnx"
+        self.session = self._open(tolerance)
+        self.freeze()
+
+    def _open(self, tolerance: float):
+        import dataclasses
+
+        from edgedistill.deploy.export import DeployModel, check_parity, export_onnx
+        from edgedistill.deploy.runtime import DeployMeta, ort_session
+
+        model = DeployModel(self.inner, None, self.outputs).eval()
+        size = self.view.image_size
+        probe = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+        if self.path.is_file():
+            try:
+                check_parity(model, self.path, [probe], tolerance=tolerance)
+            except Exception:  # noqa: BLE001 - a damaged or stale file (another exporter, another torch): export again
+                self.path.unlink()
+        if not self.path.is_file():
+            meta = DeployMeta(role="teacher", arch=self.name, outputs=self.outputs, view=self.view.to_dict(),
+                              target="embedding", source=f"teacher {self.inner.fingerprint}")
+            export_onnx(model, self.path, meta=dataclasses.replace(meta), check={"random": probe}, tolerance=tolerance)
+        return ort_session(self.path)
+
+    @property
+    def has_text(self) -> bool:
+        return self.inner.has_text
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def _autocast(self):
+        return torch.autocast("cpu", enabled=False)
+
+    def _forward(self, x: Tensor) -> dict[str, Tensor]:
+        got = self.session.run(self.outputs, {"image": x.detach().cpu().float().numpy()})
+        return {name: torch.from_numpy(value) for name, value in zip(self.outputs, got)}
+
+    def _encode_text(self, texts: list[str]) -> Tensor:
+        return self.inner._encode_text(texts)

@@ -70,7 +70,11 @@ def confined(path: str | os.PathLike | None, folder: Path) -> Path | None:
 
 
 def resume_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The checkpoint a resume continues from: ``last.ckpt`` if it loads, else the newest loadable one."""
+    """The checkpoint a resume continues from: ``last.ckpt`` if it loads, else the newest loadable one.
+
+    Raises:
+        UnsafeCheckpointError: checkpoints exist but none loads as plain data (nothing is started over silently).
+    """
     candidates = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime_ns))
     for path in candidates:
         try:
@@ -82,5 +86,6 @@ def resume_checkpoint(ckpt_dir: Path) -> Path | None:
             say(f"[train] resuming from {path.name}, the newest checkpoint that loads")
         return path
     if candidates:
-        say(f"[train] no checkpoint in {ckpt_dir} loads; starting fresh")
+        raise UnsafeCheckpointError(f"No checkpoint in {ckpt_dir} loads as plain data ({', '.join(p.name for p in candidates)}); "
+                                    "move the run directory away to start it over")
     return None

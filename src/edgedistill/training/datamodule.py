@@ -35,6 +35,7 @@ class PixelBatches(Dataset):
     """
 
     def __init__(self, splits, spec: str, caches: dict, views: int | None = None, seed: int = 0) -> None:
+        self.epoch = 0  # set by EpochSampler.set_epoch: the cached view each image shows is a function of the epoch
         parts = splits.parts_of(spec)
         self.keys = [p.source for p in parts]
         self.caches = [caches[k] for k in self.keys]
@@ -43,6 +44,7 @@ class PixelBatches(Dataset):
         self.label = np.concatenate([splits.sources[p.source].labels[p.indices] if p.labeled
                                      else np.full(len(p.indices), -1, dtype=np.int64) for p in parts])
         self.views, self.seed = views, seed
+        self._view_of: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -73,11 +75,36 @@ class PixelBatches(Dataset):
                "n_bad": int(len(js) - len(keep)),
                "bad": [(self.keys[p], int(i)) for p, i in zip(part[~valid], index[~valid])]}
         if self.views:
-            view = torch.randint(self.views, (len(keep),))
+            if self._view_of is None or self._view_of[0] != self.epoch:  # one draw per epoch, seeded: resumable
+                self._view_of = (self.epoch, np.random.default_rng([self.seed, self.epoch]).integers(self.views, size=len(self)))
+            view = torch.from_numpy(self._view_of[1][js[keep]])
             crops = [sample_aug_params(self.seed, out["source"][k], int(out["index"][k]), int(view[k])) for k in range(len(keep))]
             out["view"] = view
             out["aug"] = torch.tensor([[c.top, c.left, c.height, c.width, float(c.flip)] for c in crops])
         return out
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A shuffle that is a pure function of (seed, epoch): a run resumed after a kill sees the same batches.
+
+    Lightning calls ``set_epoch`` at each epoch start (and wraps this sampler for DDP).
+    """
+
+    def __init__(self, dataset, seed: int, shuffle: bool = True) -> None:
+        self.dataset, self.seed, self.shuffle, self.epoch = dataset, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.dataset, "epoch"):
+            self.dataset.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self):
+        n = len(self.dataset)
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
+        return iter(order.tolist())
 
 
 def _whole_batch(batch):
@@ -100,16 +127,17 @@ class DistillDataModule(L.LightningDataModule):
         pixel_caches: ``{source key: PixelCache}``: use the pixels path for every split; None: the images path.
         views: K cached teacher views (pixels path).
         views_seed: Seed of the cached views' crops.
+        seed: Seed of the data order (and of the view each image shows in an epoch).
     """
 
     def __init__(self, splits, *, train_split: str, val_split: str | None, test_split: str | None,
                  train_transform, eval_transform, batch_size: int, num_workers: int,
-                 pixel_caches: dict | None = None, views: int | None = None, views_seed: int = 0) -> None:
+                 pixel_caches: dict | None = None, views: int | None = None, views_seed: int = 0, seed: int = 0) -> None:
         super().__init__()
         self.splits, self.train_split, self.val_split, self.test_split = splits, train_split, val_split, test_split
         self.train_transform, self.eval_transform = train_transform, eval_transform
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.pixel_caches, self.views, self.views_seed = pixel_caches, views, views_seed
+        self.pixel_caches, self.views, self.views_seed, self.seed = pixel_caches, views, views_seed, seed
 
     def _loader(self, spec: str, transform, train: bool) -> DataLoader:
         from edgedistill.data.splits import collate_skip_bad
@@ -122,7 +150,7 @@ class DistillDataModule(L.LightningDataModule):
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=EpochSampler(ds, self.seed, shuffle=train),
             # A last batch of a few images gives noisy BatchNorm statistics; drop it when there is more.
             drop_last=train and len(ds) > self.batch_size,
             num_workers=workers,

@@ -96,7 +96,7 @@ def build_targets(data_cfg: DataConfig, teacher_cfg: TeacherConfig, cfg: TrainCo
     from edgedistill.heads import build_head
     from edgedistill.teachers import create_teacher
 
-    teacher = create_teacher(teacher_cfg)
+    teacher = create_teacher(teacher_cfg, cfg.cache_dir)
     saved = cfg.head_path if cfg.head != "label_map" or _is_saved_head(cfg.head_path) else None
     label_map = cfg.head_path if cfg.head == "label_map" and saved is None else None
     head = build_head(cfg.head, classes=splits.classes, dataset=data_cfg.dataset, teacher=teacher, saved=saved,
@@ -270,14 +270,14 @@ def build_run(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> Run
     dm = DistillDataModule(splits, train_split=cfg.train_split, val_split=val_split,
                            test_split="test" if cfg.eval_test else None, train_transform=train_tf,
                            eval_transform=eval_transform(sview), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                           pixel_caches=pixels, views=cfg.views, views_seed=CACHE_AUG_SEED)
+                           pixel_caches=pixels, views=cfg.views, views_seed=CACHE_AUG_SEED, seed=cfg.seed)
     module = DistillModule(
         student, target=cfg.target, num_classes=len(splits.classes), head=targets.student_head,
         targets=targets.provider, temperature=cfg.temperature, kd_weight=cfg.kd_weight, ce_weight=cfg.ce_weight,
         feature_loss=cfg.feature_loss, kd_reduction=cfg.kd_reduction, optimizer=cfg.optimizer, lr=cfg.lr,
         weight_decay=cfg.weight_decay, momentum=cfg.momentum, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
         schedule=cfg.schedule, batch_augment=BatchAugment(sview, scale=(cfg.min_crop, 1.0)) if pixels else None,
-        aug=cfg.aug,
+        aug=cfg.aug, seed=cfg.seed,
     )
     if resume_from is not None:  # the checkpoint must fit this student before anything is written
         state = load_checkpoint(resume_from)["state_dict"]
@@ -301,8 +301,11 @@ def build_run(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> Run
 @contextlib.contextmanager
 def lightning_quiet(log_file: Path) -> Iterator[None]:
     """Send Lightning's info lines, tips and warnings to ``log_file`` instead of the terminal."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_file)
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+    except OSError as e:
+        raise storage.StorageError(f"Cannot write {log_file}: {e.strerror}") from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
     loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
     saved = [(lg, list(lg.handlers), lg.propagate) for lg in loggers]
@@ -338,12 +341,9 @@ class FitResult:
 
 
 def fit_run(setup: RunSetup) -> FitResult:
-    """Write ``config.yaml`` and train (resuming when asked)."""
+    """Train (resuming when asked); call inside :func:`lightning_quiet`."""
     cfg, run_dir = setup.cfg, setup.run_dir
     ckpt_dir = run_dir / "checkpoints"
-    if rank_zero_only.rank == 0:
-        storage.write_text(run_dir / "config.yaml", yaml.safe_dump(record_of(setup.data, setup.teacher, cfg),
-                                                                   sort_keys=False))
     accelerator, precision, strategy = _resolve_hardware(cfg)
     history = RunHistory(run_dir / "metrics.json", setup.summary, has_val=setup.val_split is not None)
     checkpoint = ModelCheckpoint(
@@ -362,9 +362,8 @@ def fit_run(setup: RunSetup) -> FitResult:
         num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=run_dir,
     )
     try:
-        with lightning_quiet(run_dir / "logs" / "lightning.log"):
-            trainer.fit(setup.module, setup.datamodule, ckpt_path=str(setup.resume_from) if setup.resume_from else None,
-                        weights_only=True)
+        trainer.fit(setup.module, setup.datamodule, ckpt_path=str(setup.resume_from) if setup.resume_from else None,
+                    weights_only=True)
     except NonFiniteLossError as e:
         last = ckpt_dir / "last.ckpt"
         kept = f"the last good checkpoint stays at {last}" if last.is_file() else "no checkpoint was saved yet"
@@ -415,7 +414,11 @@ def train(data: DataConfig, teacher: TeacherConfig, train: TrainConfig) -> Path:
         NonFiniteLossError: The loss became NaN/inf; the last good checkpoint stays.
     """
     setup = build_run(data, teacher, train)
-    return finalize_run(setup, fit_run(setup))
+    if rank_zero_only.rank == 0:  # the run's record, written once every setting is known good (and the folder writable)
+        storage.write_text(setup.run_dir / "config.yaml", yaml.safe_dump(record_of(data, teacher, setup.cfg),
+                                                                         sort_keys=False))
+    with lightning_quiet(setup.run_dir / "logs" / "lightning.log"):
+        return finalize_run(setup, fit_run(setup))
 
 
 _train = train  # train_command's parameter named "train" (the --train.X flags) shadows the function

@@ -133,6 +133,8 @@ class DistillModule(L.LightningModule):
         batch_augment: ``data.transforms.BatchAugment`` for batches of decoded ``pixels`` (the pixels
             input path): crops, flips and normalises them on the device after transfer.
         aug: Crop and flip training batches of pixels (evaluation batches are only normalised).
+        seed: Seed of those crops: step ``s`` of rank ``r`` always draws the same ones, so a resumed run
+            trains on exactly the batches an uninterrupted one would.
     """
 
     def __init__(
@@ -156,6 +158,7 @@ class DistillModule(L.LightningModule):
         schedule: str = "cosine",
         batch_augment: nn.Module | None = None,
         aug: bool = True,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         # Values are validated once, by TrainConfig; these are the module's own wiring invariants.
@@ -180,7 +183,7 @@ class DistillModule(L.LightningModule):
             "warmup_steps": warmup_steps,
             "schedule": schedule,
         }
-        self.batch_augment, self.aug = batch_augment, aug
+        self.batch_augment, self.aug, self.seed = batch_augment, aug, seed
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
 
@@ -199,7 +202,13 @@ class DistillModule(L.LightningModule):
         """Batches of decoded pixels become normalised (and, in training, augmented) images on the device."""
         if batch is not None and "pixels" in batch:
             training = self._trainer is not None and self.trainer.training
-            batch["image"] = self.batch_augment(batch.pop("pixels"), aug=training and self.aug, boxes=batch.pop("aug", None))
+            gen = None
+            if training:
+                pixels = batch["pixels"]
+                gen = torch.Generator(device=pixels.device)
+                gen.manual_seed(hash((self.seed, self.global_rank, self.global_step)) & (2**63 - 1))
+            batch["image"] = self.batch_augment(batch.pop("pixels"), aug=training and self.aug,
+                                                boxes=batch.pop("aug", None), generator=gen)
         return batch
 
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:

@@ -1,0 +1,328 @@
+"""``edgedistill distill``: from a folder of images to a deployed, benchmarked student, in one command.
+
+    teacher cache -> teacher heads (zero-shot; probe when labels exist) -> students (baselines from
+    labels when labels exist; distilled students) -> selection on val -> held-out evaluation ->
+    export (student FP32 + INT8, teacher) -> deployment race -> report.md + results.json + plots
+
+Every step is a library step used by the single commands too (``run``'s grid steps, ``eval``,
+``export``, ``bench``), and every step reuses what an earlier run finished: caches, finished
+runs, exports (by the weights' stamp) and the benchmark (by its key), so a rerun after a kill
+continues and a finished run takes seconds. ``edgedistill demo`` is this command with the
+packaged ``demo.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict as dc_asdict
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgedistill import storage
+from edgedistill.config import (
+    DataConfig,
+    DistillConfig,
+    GridConfig,
+    GridRow,
+    GridSections,
+    GridTeacher,
+    TeacherConfig,
+    asdict,
+    from_dict,
+)
+from edgedistill.console import say
+from edgedistill.errors import ConfigError
+
+DEMO_CONFIG = "demo.yaml"
+
+
+def demo_config_path() -> Path:
+    """The packaged demo configuration (``edgedistill demo``)."""
+    return Path(str(resources.files("edgedistill") / "pipelines" / DEMO_CONFIG))
+
+
+def _step(k: int, n: int, msg: str) -> None:
+    say(f"\n== {k}/{n} {msg}")
+
+
+# ----------------------------------------------------------------------------- 1. plan
+
+
+@dataclass
+class DistillPlan:
+    """The checked plan of a distill run: resolved configs, the grid of students, what is skipped and why."""
+
+    cfg: DistillConfig
+    data: DataConfig
+    teacher: TeacherConfig
+    grid: GridConfig
+    heads: list[str]
+    has_labels: bool
+    has_test: bool
+    gpu: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_distill(cfg: DistillConfig) -> DistillPlan:
+    """Resolve the GPU budget, the heads and the students, and check every student's config before any work.
+
+    Raises:
+        ConfigError / DataError: a student that cannot be trained as asked (named), data that is missing.
+    """
+    import torch
+
+    from edgedistill.data.splits import build_splits
+
+    gpu = torch.cuda.is_available()
+    shared = GridSections(data=asdict(cfg.data), teacher=asdict(cfg.teacher), train=asdict(cfg.train))
+    notes = []
+    if gpu and any(getattr(cfg.gpu, k) for k in ("data", "teacher", "train")):
+        shared = shared.merged(cfg.gpu)
+        notes.append("A CUDA GPU is present, so the GPU budget applies: "
+                     + "; ".join(f"{k}: {json.dumps(getattr(cfg.gpu, k))}" for k in ("data", "teacher", "train")
+                                 if getattr(cfg.gpu, k)))
+    data = from_dict(DataConfig, shared.data, "distill data")
+    teacher = from_dict(TeacherConfig, shared.teacher, "distill teacher")
+    splits = build_splits(data)
+    has_labels = data.train_labels and bool((splits.labels("train") >= 0).any())
+    has_test = bool(splits.size("test"))
+    zero_shot = cfg.heads.zero_shot
+    if zero_shot == "auto":
+        zero_shot = "text" if teacher.kind == "openclip" else "label_map"
+    heads = ([zero_shot] if zero_shot != "none" else []) + (["linear"] if cfg.heads.probe and has_labels else [])
+    if not has_labels:
+        notes.append("The training images have no labels here: no linear probe and no from-labels baseline; the "
+                      f"students distil the {zero_shot} head.")
+    for key in ("name", "resume"):  # each student is its own run, named by its row; finished runs are found again
+        shared.train.pop(key, None)
+    shared.train.update(eval_test=has_test, out_dir=str(Path(cfg.out) / "runs"), cache_dir=cfg.cache_dir)
+    rows = []
+    for r in cfg.students:
+        train = {**shared.train, **r.train}
+        if train.get("target", "labels") == "labels" and not has_labels:
+            notes.append(f"Student {r.name!r} learns from labels and was skipped: there are no training labels.")
+            continue
+        if train.get("target", "labels") != "labels" and train.get("head", "linear") not in heads:
+            raise ConfigError(f"Student {r.name!r} distils the {train.get('head', 'linear')!r} head, but this run has "
+                              f"only {heads or 'no heads'}; set its train.head to one of them")
+        rows.append(GridRow(name=r.name, train=r.train, data=r.data, note=r.note or None))
+    if not any({**shared.train, **r.train}.get("target", "labels") != "labels" for r in rows):
+        raise ConfigError("distill needs at least one distilled student (train.target logits or embedding)")
+    grid = GridConfig(runs=rows, name=cfg.name, out_dir=str(Path(cfg.out) / "runs"), cache_dir=cfg.cache_dir,
+                      defaults=shared, teacher=GridTeacher(heads=heads, templates=cfg.heads.templates,
+                                                          label_map=cfg.heads.label_map))
+    for row in grid.runs:
+        grid.configs(row)  # every student's full config is valid before the teacher runs on one image
+    if not has_test:
+        notes.append(f"Dataset {data.dataset!r} has no held-out test split: the numbers are validation accuracy.")
+    return DistillPlan(cfg, data, teacher, grid, heads, has_labels, has_test, gpu, notes)
+
+
+# ----------------------------------------------------------------------------- 2-6. steps
+
+
+def _stamp(paths: list[Path]) -> list:
+    """Cheap identity of files a reused step depends on (path, size, mtime)."""
+    return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in paths if p.exists()]
+
+
+def _fresh(folder: Path, key: Any) -> bool:
+    mark = folder / "made_from.json"
+    return (folder / "export.json").is_file() and mark.is_file() and storage.read_json(mark) == storage.jsonable(key)
+
+
+def _export(plan: DistillPlan, best_run: Path, out: Path) -> tuple[Path, Path]:
+    """Step 4: the chosen student and the teacher as ONNX (FP32 + INT8), reused while their inputs are unchanged."""
+    from edgedistill.deploy.export import export_model, load_student_deploy, load_teacher_deploy
+
+    dep = plan.cfg.deploy
+    student_dir, teacher_dir = out / "exports" / "student", out / "exports" / "teacher"
+    s_key = {"weights": _stamp([best_run / "student.safetensors"]), "int8": dep.int8, "calib": dep.calib_size}
+    if _fresh(student_dir, s_key):
+        say(f"reusing {student_dir}")
+    else:
+        model, meta = load_student_deploy(best_run)
+        export_model(model, meta, student_dir, data=plan.data, int8=dep.int8, calib_size=dep.calib_size,
+                     val_split="test" if plan.has_test else "val")
+        storage.write_json(student_dir / "made_from.json", s_key)
+    t_key = {"teacher": asdict(replace(plan.teacher, device="cpu", batch_size=1, runtime="torch")), "int8": dep.int8,
+             "calib": dep.calib_size}
+    if _fresh(teacher_dir, t_key):
+        say(f"reusing {teacher_dir}")
+    else:
+        model, meta, _ = load_teacher_deploy(plan.teacher)
+        export_model(model, meta, teacher_dir, data=plan.data, int8=dep.int8, calib_size=dep.calib_size, val_split=None)
+        storage.write_json(teacher_dir / "made_from.json", t_key)
+    return student_dir, teacher_dir
+
+
+def _bench(plan: DistillPlan, student_dir: Path, teacher_dir: Path, out: Path,
+           tutorial_config: dict | None = None) -> dict:
+    """Step 5: the deployment race, each model at its own resolution; reused while models and settings are unchanged."""
+    from edgedistill.deploy.bench import bench_models, entry_from_export, tutorial_teacher_entry, write_bench
+
+    dep = plan.cfg.deploy
+    entries = [entry_from_export(teacher_dir, "teacher"), entry_from_export(student_dir, "student")]
+    if dep.tutorial_teacher:
+        entries.append(tutorial_teacher_entry(out / "exports" / "tutorial_teacher", dep.tutorial_teacher, tutorial_config))
+    entries = [replace(e, resolutions=(e.native_resolution,)) for e in entries]  # each at its deployment resolution
+    key = storage.jsonable({"entries": [dc_asdict(e) for e in entries],
+                            "stamp": _stamp([Path(p) for e in entries for p in e.onnx.values()]),
+                            "settings": dc_asdict(dep)})
+    bench_json = out / "bench" / "bench.json"
+    if bench_json.exists() and storage.read_json(bench_json).get("key") == key:
+        say(f"reusing {bench_json}")
+        return storage.read_json(bench_json)
+    rows = bench_models(entries, batch_sizes=tuple(dep.batch_sizes), warmup=dep.warmup, iters=dep.iters,
+                        runtimes=tuple(dep.runtimes), precisions=("fp32", "int8"), log=say)
+    notes = [f"tutorial_teacher: open_clip {dep.tutorial_teacher} image tower, random-initialised "
+             "(speed does not depend on weights)"] if dep.tutorial_teacher else []
+    bench = write_bench(rows, out / "bench", notes=notes)
+    bench["key"] = key
+    storage.write_json(bench_json, bench)
+    return bench
+
+
+def _teacher_params(teacher_cfg: TeacherConfig) -> int:
+    from edgedistill.students import count_parameters
+    from edgedistill.teachers import create_teacher
+
+    return count_parameters(create_teacher(replace(teacher_cfg, device="cpu", runtime="torch")))
+
+
+def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = None) -> dict:
+    """Run the whole job into ``cfg.out``; returns the ``results.json`` dict (also written, with report.md).
+
+    Args:
+        cfg: the job.
+        tutorial_teacher_config: an open_clip model config registered under ``cfg.deploy.tutorial_teacher``
+            (tests race a tiny one).
+    """
+    from edgedistill.evaluate import evaluate_student
+    from edgedistill.pipelines.grid import run_grid_config
+    from edgedistill.pipelines.report import write_distill_report, write_grid_results
+
+    t0 = time.time()
+    out = Path(cfg.out)
+    steps = 6
+    _step(1, steps, "plan: heads, students and their settings, checked before any work")
+    plan = plan_distill(cfg)
+    for note in plan.notes:
+        say(f"note: {note}")
+    storage.write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+
+    _step(2, steps, f"teacher cache and heads ({', '.join(plan.heads)}), then the students")
+    grid = run_grid_config(plan.grid, source=str(out / "config.yaml"))
+    write_grid_results(grid, Path(plan.grid.out_dir))
+    teacher_rows = {r["target"]: r for r in grid["rows"] if r["kind"] == "teacher"}
+    students = [r for r in grid["rows"] if r["kind"] == "student"]
+    distilled = [r for r in students if r["target"] != "labels"]
+    best = max(distilled, key=lambda r: -1.0 if r["val_acc"] is None else r["val_acc"])  # chosen on val, never test
+    best_run = Path(best["run_dir"])
+
+    _step(3, steps, f"the best distilled student ({best['name']}, chosen on validation) on the held-out images")
+    evaluation = None
+    if plan.has_test:
+        evaluation = evaluate_student(best_run, plan.data, split="test", out=out / "eval")
+        storage.write_bytes(out / "confusion_best_student.png", (out / "eval" / evaluation["png"]).read_bytes())
+
+    _step(4, steps, "export: the student (FP32 + INT8) and the teacher to ONNX, parity-checked")
+    student_dir, teacher_dir = _export(plan, best_run, out)
+
+    _step(5, steps, "deployment race, one child process per model and setting")
+    bench = _bench(plan, student_dir, teacher_dir, out, tutorial_teacher_config)
+
+    _step(6, steps, "report")
+    from edgedistill.deploy.bench import machine_info
+
+    student_export = storage.read_json(student_dir / "export.json")
+    metrics = {r["name"]: storage.read_json(Path(r["run_dir"]) / "metrics.json") for r in students}
+    results = {
+        "name": cfg.name,
+        "command": "edgedistill " + " ".join(map(shlex.quote, sys.argv[1:])) if sys.argv[1:2] in (["distill"], ["demo"])
+        else f"edgedistill distill --config {out / 'config.yaml'}",
+        "machine": machine_info(),
+        "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "notes": plan.notes,
+        "gpu_budget": plan.gpu,
+        "data": {"dataset": plan.data.dataset, "counts": _counts(plan.data), "train_labels": plan.has_labels,
+                 "held_out": "test" if plan.has_test else None},
+        "teacher": {"describe": plan.teacher.describe(), "image_size": plan.teacher.image_size,
+                    "runtime": plan.teacher.runtime, "params": _teacher_params(plan.teacher),
+                    "heads": {k: {"val_acc": r["val_acc"], "test_acc": r["test_acc"]} for k, r in teacher_rows.items()}},
+        "students": [
+            {"name": r["name"], "arch": r["arch"], "target": r["target"], "head": r["head"],
+             "kwargs": metrics[r["name"]].get("student_kwargs") or _student_kwargs(Path(r["run_dir"])),
+             "n_unlabeled": r["n_unlabeled"], "val_acc": r["val_acc"], "test_acc": r["test_acc"],
+             "params": metrics[r["name"]].get("student_params"), "train_s": r["train_s"],
+             "epochs": metrics[r["name"]].get("epochs_completed"), "images_per_s": metrics[r["name"]].get("images_per_s"),
+             "n_val": metrics[r["name"]].get("n_val"), "run_dir": r["run_dir"]}
+            for r in students],
+        "best_student": best["name"],
+        "evaluation": {k: evaluation[k] for k in ("acc", "n", "per_class")} if evaluation else None,
+        "export": {"files": student_export["files"], "parity": student_export["parity"],
+                   "accuracy": student_export["accuracy"], "split": "test" if plan.has_test else "val",
+                   "dir": str(student_dir)},
+        "deploy": [{k: r[k] for k in ("model", "arch", "runtime", "precision", "batch", "resolution", "throughput_ips",
+                                      "latency_ms_p50", "latency_ms_p95", "peak_mem_mb", "file_mb")} for r in bench["rows"]],
+        "elapsed_s": round(time.time() - t0, 1),
+    }
+    storage.write_json(out / "results.json", results)
+    for png in ("accuracy.png", "accuracy_vs_unlabeled.png"):
+        storage.write_bytes(out / png, (Path(plan.grid.out_dir) / png).read_bytes())
+    storage.write_bytes(out / "bench.png", (out / "bench" / "bench.png").read_bytes())
+    report = write_distill_report(results, out)
+    print(summary_table(results))
+    print(f"report: {report}")
+    print(f"deployed student: {student_dir} (edgedistill predict {student_dir} IMAGES...)")
+    return results
+
+
+def _counts(data: DataConfig) -> dict:
+    from edgedistill.data.splits import build_splits
+
+    return build_splits(data).manifest["counts"]
+
+
+def _student_kwargs(run_dir: Path) -> dict:
+    return storage.read_json(run_dir / "student.json").get("kwargs", {})
+
+
+def summary_table(results: dict) -> str:
+    """The final table on stdout: each model's accuracy, and the deployed student against the teacher."""
+    from edgedistill.pipelines.report import headline, pct
+
+    held = results["data"]["held_out"]
+    lines = [f"| model | val acc | {held or 'held-out'} acc |", "|---|---:|---:|"]
+    for head, r in results["teacher"]["heads"].items():
+        lines.append(f"| teacher {head} | {pct(r['val_acc'])} | {pct(r['test_acc'])} |")
+    for s in results["students"]:
+        mark = " (deployed)" if s["name"] == results["best_student"] else ""
+        lines.append(f"| {s['name']}{mark} | {pct(s['val_acc'])} | {pct(s['test_acc'])} |")
+    return "\n".join(lines + [""] + headline(results))
+
+
+# ----------------------------------------------------------------------------- the commands
+
+
+def distill_command(cfg: DistillConfig = DistillConfig()) -> None:
+    """From a folder of images to a deployed, benchmarked student: cache, heads, students, export, race, report."""
+    run_distill(cfg)
+
+
+def demo_command(out: str = "runs/demo") -> None:
+    """The whole story offline on the bundled CIFAR-10 images: distill with the packaged demo.yaml.
+
+    Args:
+        out: output folder for report.md, results.json, plots, runs, exports.
+    """
+    raw = yaml.safe_load(demo_config_path().read_text())
+    run_distill(from_dict(DistillConfig, {**raw, "out": out}, str(demo_config_path())))
