@@ -542,7 +542,10 @@ def run_shards(job: CacheJob, compute, desc: str, *, rank: int | None = None, wo
     if todo:
         offset = rank * K // world
         todo.sort(key=lambda k: (k - offset) % K)  # each rank starts at its own offset
-        with progress(sum(min((k + 1) * S, N) - k * S for k in todo), desc + (f" [rank {rank}/{world}]" if world > 1 else "")) as pbar:
+        rows = sum(min((k + 1) * S, N) - k * S for k in todo)
+        # Several processes share the shards: each bar counts about its share.
+        with progress(-(-rows // world), desc + (f" [rank {rank}/{world}]" if world > 1 else ""),
+                      position=rank if world > 1 else None) as pbar:
             waiting = [k for k in todo if not claim_and_compute(k, False, pbar)]
             for k in waiting:  # block until its holder is done (or died), then take it over if unfinished
                 claim_and_compute(k, True, pbar)
@@ -568,7 +571,9 @@ def run_cache(teacher, source, job: CacheJob, *, batch_size: int = 128, num_work
         return _teacher_arrays(teacher, source, start, stop, job.plan, batch_size=batch_size, num_workers=num_workers,
                                pbar=pbar)
 
-    run_shards(job, compute, f"cache {source.key}/{job.plan['view']['name']}", rank=rank, world_size=world_size)
+    view = job.plan["view"]["name"]
+    run_shards(job, compute, f"teacher on {source.key}" + ("" if view == EVAL_VIEW else f" ({view})"), rank=rank,
+               world_size=world_size)
     # run_shards has just verified every shard (or written it): open without hashing them again.
     return TeacherCache.open(job.folder, expected_fingerprint=teacher.fingerprint,
                              expected_source=job.plan["source"]["identity"], expected_view=job.plan["view"], verify=False)
@@ -734,6 +739,7 @@ def ensure_cache(
 
     if devices < 1:
         raise EdgeDistillError(f"devices={devices} must be >= 1")
+    devices = max(devices, teacher_cfg.processes) if rank_world()[1] == 1 else devices  # under torchrun: its ranks
     splits = build_splits(data_cfg) if splits is None else splits
     keys = splits.sources_of(split_spec)
     cache_dir = str(Path(cache_dir).expanduser())

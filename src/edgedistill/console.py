@@ -7,10 +7,12 @@ Torch-free, so the deploy runtime can use it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 NO_PROGRESS_ENV = "EDGEDISTILL_NO_PROGRESS"
 
@@ -29,8 +31,10 @@ def progress(total: int | None = None, desc: str = "", unit: str = "img", **kwar
 
 
 def say(message: str) -> None:
-    """One line of progress information on stderr."""
-    print(message, file=sys.stderr, flush=True)
+    """One line of progress information on stderr (above any progress bar on screen, not through it)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 _warned: set[str] = set()
@@ -41,3 +45,15 @@ def warn_once(message: str, category: type[Warning] = UserWarning) -> None:
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, category, stacklevel=3)
+
+
+@contextlib.contextmanager
+def root_log_at_least(level: int = logging.ERROR) -> Iterator[None]:
+    """Hold back lower records of libraries that log through the root logger (ONNX Runtime's quantizer, open_clip)."""
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(max(level, old))
+    try:
+        yield
+    finally:
+        root.setLevel(old)

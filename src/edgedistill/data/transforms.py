@@ -194,18 +194,24 @@ class BatchAugment(torch.nn.Module):
         view: The student's view (its mean and std are applied here).
         scale: Range of the crop's area as a fraction of the image's.
         ratio: Range of the crop's aspect ratio.
+        pad: > 0: instead, pad-and-crop: a shift of up to ``pad`` pixels each way (zero padding), as CIFAR's
+            ``RandomCrop(S, padding=pad)``, then the flip.
     """
 
     def __init__(self, view: ViewSpec, scale: tuple[float, float] = CACHED_CROP_SCALE,
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), pad: int = 0) -> None:
         super().__init__()
-        self.scale, self.ratio = tuple(scale), tuple(ratio)
+        self.scale, self.ratio, self.pad, self.size = tuple(scale), tuple(ratio), pad, view.image_size
         self.register_buffer("mean", torch.tensor(view.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(view.std).view(1, 3, 1, 1), persistent=False)
 
     def boxes(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
         """Random crops ``[n, 5]`` (top, left, height, width, flip) in relative units."""
         u = torch.rand(5, n, device=device, generator=generator)
+        if self.pad:  # whole-pixel shifts in [-pad, pad], as a window of the padded image
+            shift = (torch.floor(u[:2] * (2 * self.pad + 1)) - self.pad) / self.size
+            ones = torch.ones(n, device=device)
+            return torch.stack([shift[0], shift[1], ones, ones, (u[4] < 0.5).float()], dim=1)
         area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[0]
         log_r = math.log(self.ratio[0]) + (math.log(self.ratio[1]) - math.log(self.ratio[0])) * u[1]
         w = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)
@@ -222,6 +228,8 @@ class BatchAugment(torch.nn.Module):
             boxes: ``[B, 5]`` crops to apply (e.g. cached views' ``AugParams``); None: drawn here.
             generator: RNG of the drawn crops (None: torch's global one).
         """
+        if aug and self.pad and boxes is None:
+            return self._normalize(self._pad_crop(pixels, generator))
         x = pixels.permute(0, 3, 1, 2).float().div_(255.0)  # [B, 3, S, S]
         if aug:
             b = self.boxes(len(x), x.device, generator) if boxes is None else boxes.to(x.device, torch.float32)
@@ -232,5 +240,21 @@ class BatchAugment(torch.nn.Module):
             theta[:, 1, 1] = h
             theta[:, 1, 2] = 2 * top + h - 1
             grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-            x = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+            x = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros" if self.pad else "reflection",
+                                                align_corners=False)
+        return self._normalize(x)
+
+    def _pad_crop(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Pad-and-crop + flip of uint8 ``[B, S, S, 3]`` by index arithmetic (no resampling): float ``[B, 3, S, S]``."""
+        B, S, p = len(pixels), pixels.shape[1], self.pad
+        u = torch.randint(0, 2 * p + 1, (3, B), device=pixels.device, generator=generator)
+        padded = torch.nn.functional.pad(pixels, (0, 0, p, p, p, p))  # [B, S + 2p, S + 2p, 3], zeros around
+        ar = torch.arange(S, device=pixels.device)
+        rows = (u[0, :, None] + ar)[:, :, None]  # [B, S, 1]
+        cols = u[1, :, None] + ar  # [B, S]
+        cols = torch.where((u[2] % 2 == 1)[:, None], cols.flip(1), cols)[:, None, :]  # mirrored for about half
+        out = padded[torch.arange(B, device=pixels.device)[:, None, None], rows, cols]  # [B, S, S, 3]
+        return out.permute(0, 3, 1, 2).float().div_(255.0)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

@@ -506,9 +506,12 @@ def _open_clip_tower(name: str, config: dict | None = None):
 
     from edgedistill.teachers.openclip import register_model_config
 
+    from edgedistill.console import root_log_at_least
+
     if config:
         register_model_config(name, config)
-    return open_clip.create_model(name, pretrained=None).visual.eval()
+    with root_log_at_least():  # "no pretrained weights loaded": random weights are the point here
+        return open_clip.create_model(name, pretrained=None).visual.eval()
 
 
 def tutorial_teacher_entry(out_dir: str | os.PathLike, name: str = "ViT-B-32", config: dict | None = None) -> BenchEntry:

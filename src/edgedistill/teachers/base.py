@@ -192,10 +192,10 @@ class OnnxRuntimeTeacher(Teacher):
         self.fingerprint = hashlib.sha256(f"{inner.fingerprint}|onnxruntime".encode()).hexdigest()
         self.outputs = ["embedding", "logits"] if inner.num_classes else ["embedding"]
         self.path = Path(cache_dir).expanduser() / "teachers" / f"{inner.fingerprint[:16]}.onnx"
-        self.session = self._open(tolerance)
+        self.session = self._open(tolerance, torch.get_num_threads())
         self.freeze()
 
-    def _open(self, tolerance: float):
+    def _open(self, tolerance: float, threads: int):
         import dataclasses
 
         from edgedistill.deploy.export import DeployModel, check_parity, export_onnx
@@ -213,7 +213,7 @@ class OnnxRuntimeTeacher(Teacher):
             meta = DeployMeta(role="teacher", arch=self.name, outputs=self.outputs, view=self.view.to_dict(),
                               target="embedding", source=f"teacher {self.inner.fingerprint}")
             export_onnx(model, self.path, meta=dataclasses.replace(meta), check={"random": probe}, tolerance=tolerance)
-        return ort_session(self.path)
+        return ort_session(self.path, threads=threads)  # the process's share of the cores (torch's setting)
 
     @property
     def has_text(self) -> bool:

@@ -145,5 +145,10 @@ class StderrProgressBar(TQDMProgressBar):
     def init_validation_tqdm(self) -> Tqdm:
         return Tqdm(disable=True)
 
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """Only the loss on the bar (the epoch line reports the rest)."""
+        metrics = super().get_metrics(trainer, pl_module)
+        return {"loss": metrics["train/loss_step"]} if "train/loss_step" in metrics else {}
+
     def init_test_tqdm(self) -> Tqdm:
         return Tqdm(desc="test", leave=False, dynamic_ncols=True, file=sys.stderr, disable=self.is_disabled)

@@ -239,7 +239,8 @@ def build_run(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> Run
     n_train = splits.size(cfg.train_split)
     if not n_train:
         raise DataError(f"train.train_split={cfg.train_split!r} is empty for dataset {data.dataset!r}")
-    if cfg.target != "labels" and cfg.aug and not cfg.online_teacher and cfg.views is None and cfg.min_crop < 1.0:
+    if cfg.target != "labels" and cfg.aug and not cfg.online_teacher and cfg.views is None and cfg.min_crop < 1.0 \
+            and not cfg.pad_crop:
         warn_once("train.aug=true with cached teacher targets of the plain (uncropped) view: the teacher's target "
                   "describes the whole image, not the student's crop. For exact targets set train.views=K "
                   "(K cached crops) or train.online_teacher=true")
@@ -276,8 +277,8 @@ def build_run(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> Run
         targets=targets.provider, temperature=cfg.temperature, kd_weight=cfg.kd_weight, ce_weight=cfg.ce_weight,
         feature_loss=cfg.feature_loss, kd_reduction=cfg.kd_reduction, optimizer=cfg.optimizer, lr=cfg.lr,
         weight_decay=cfg.weight_decay, momentum=cfg.momentum, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
-        schedule=cfg.schedule, batch_augment=BatchAugment(sview, scale=(cfg.min_crop, 1.0)) if pixels else None,
-        aug=cfg.aug, seed=cfg.seed,
+        schedule=cfg.schedule, batch_augment=BatchAugment(sview, scale=(cfg.min_crop, 1.0), pad=cfg.pad_crop) if pixels else None,
+        aug=cfg.aug, seed=cfg.seed, channels_last=cfg.channels_last,
     )
     if resume_from is not None:  # the checkpoint must fit this student before anything is written
         state = load_checkpoint(resume_from)["state_dict"]
@@ -349,6 +350,7 @@ def fit_run(setup: RunSetup) -> FitResult:
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False,
         monitor="val/acc" if setup.val_split else None, mode="max", save_top_k=1, save_last=True,
+        every_n_epochs=cfg.val_every,
     )
     # One log folder per session: Lightning's CSVLogger deletes an existing metrics.csv.
     session = f"session{len(list((run_dir / 'logs').glob('session*')))}" if setup.resume_from else "session0"
@@ -356,6 +358,7 @@ def fit_run(setup: RunSetup) -> FitResult:
     trainer = L.Trainer(
         accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy, precision=precision,
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, plugins=[SafeCheckpointIO()],
+        check_val_every_n_epoch=cfg.val_every,
         logger=[CSVLogger(run_dir, name="logs", version=session), TensorBoardLogger(run_dir, name="logs", version=session)],
         callbacks=[history, checkpoint] + ([StderrProgressBar()] if show else []),
         enable_progress_bar=show, log_every_n_steps=min(50, setup.steps_per_epoch),

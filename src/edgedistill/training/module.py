@@ -135,6 +135,7 @@ class DistillModule(L.LightningModule):
         aug: Crop and flip training batches of pixels (evaluation batches are only normalised).
         seed: Seed of those crops: step ``s`` of rank ``r`` always draws the same ones, so a resumed run
             trains on exactly the batches an uninterrupted one would.
+        channels_last: Keep the student's weights and inputs in the NHWC layout (faster convolutions).
     """
 
     def __init__(
@@ -159,6 +160,7 @@ class DistillModule(L.LightningModule):
         batch_augment: nn.Module | None = None,
         aug: bool = True,
         seed: int = 0,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         # Values are validated once, by TrainConfig; these are the module's own wiring invariants.
@@ -183,7 +185,9 @@ class DistillModule(L.LightningModule):
             "warmup_steps": warmup_steps,
             "schedule": schedule,
         }
-        self.batch_augment, self.aug, self.seed = batch_augment, aug, seed
+        self.batch_augment, self.aug, self.seed, self.channels_last = batch_augment, aug, seed, channels_last
+        if channels_last:
+            self.student.to(memory_format=torch.channels_last)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
 
@@ -209,6 +213,8 @@ class DistillModule(L.LightningModule):
                 gen.manual_seed(hash((self.seed, self.global_rank, self.global_step)) & (2**63 - 1))
             batch["image"] = self.batch_augment(batch.pop("pixels"), aug=training and self.aug,
                                                 boxes=batch.pop("aug", None), generator=gen)
+        if batch is not None and self.channels_last and batch.get("image") is not None and batch["image"].ndim == 4:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         return batch
 
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
