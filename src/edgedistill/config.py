@@ -28,7 +28,7 @@ DEFAULT_CACHE_DIR = "~/.cache/edgedistill"
 DEFAULT_DATA_DIR = "~/.cache/edgedistill-data"
 """Where datasets are looked for (and downloaded to) when ``data.root`` is not set."""
 
-Dataset = Literal["stl10", "cifar10", "fashion_mnist", "imagefolder", "demo"]
+Dataset = Literal["stl10", "cifar10", "fashion_mnist", "imagefolder", "demo", "pool", "manifest"]
 TeacherKind = Literal["openclip", "timm", "efficientnet_lite0"]
 TeacherRuntime = Literal["torch", "onnxruntime"]
 Target = Literal["labels", "logits", "embedding"]
@@ -39,6 +39,7 @@ Optimizer = Literal["sgd", "adamw", "adam"]
 Schedule = Literal["cosine", "constant"]
 Accelerator = Literal["auto", "cpu", "gpu", "cuda"]
 Templates = Literal["ensemble", "tutorial", "simple"]
+SearchKind = Literal["auto", "exact", "faiss"]
 
 CACHED_CROP_SCALE: tuple[float, float] = (0.35, 1.0)
 """Crop-area range of the cached augmented views (``cache --views K``), and the default of training crops."""
@@ -161,12 +162,21 @@ class DataConfig:
     section: ClassVar[str] = "data"
 
     dataset: Dataset = "demo"
-    """stl10, cifar10, fashion_mnist, imagefolder, or demo (the CIFAR-10 subset bundled in the package)."""
+    """stl10, cifar10, fashion_mnist, imagefolder, demo (the CIFAR-10 subset bundled in the package), pool (unlabeled
+    images only: ``root`` and ``unlabeled``, classes from ``prompts``) or manifest (the images a retrieval kept, with
+    their classes: ``root`` is its ``manifest.csv``)."""
     root: str | None = None
-    """Folder holding the data (STL10: the folder containing ``stl10_binary/``; imagefolder: ``<root>/<class>/*.jpg``).
+    """Folder holding the data (STL10: the folder containing ``stl10_binary/``; imagefolder: ``<root>/<class>/*.jpg``;
+    pool: a folder, ``.tar`` or folder of webdataset shard tars; manifest: ``manifest.csv`` of ``edgedistill retrieve``).
     None: the dataset's default location under ``~/.cache/edgedistill-data``."""
     unlabeled: list[str] = field(default_factory=list)
-    """Extra unlabeled image folders or ``.tar`` files, added to the ``unlabeled`` split."""
+    """Extra unlabeled image folders or ``.tar`` files, added to the ``unlabeled`` split (pool: more pool paths)."""
+    prompts: str | None = None
+    """Prompts file (one class per line, ``name: synonym, ...``) naming the classes of a pool, which has no class
+    folders."""
+    held_out: str | None = None
+    """Pool and manifest: a labelled image folder (``<class>/*.jpg``, classes among the prompts') read as the
+    ``test`` split; its labels are used only for scoring."""
     labeled_per_class: int | None = None
     """Keep only this many labeled images per class in ``train``; the rest join ``unlabeled`` with labels hidden."""
     max_unlabeled: int | None = None
@@ -190,6 +200,14 @@ class DataConfig:
         require(self.labeled_per_class is None or self.labeled_per_class >= 1, "data", "labeled_per_class",
                 self.labeled_per_class, "it must be a positive integer or null")
         self.unlabeled = list(self.unlabeled)
+        require(self.dataset != "pool" or bool(self.root or self.unlabeled), "data", "root", self.root,
+                "dataset=pool needs its images: data.root and/or data.unlabeled (folders, .tar files, shard folders)")
+        require(self.dataset != "pool" or bool(self.prompts), "data", "prompts", self.prompts,
+                "dataset=pool has no class folders: give a prompts file naming the classes")
+        require(self.dataset != "manifest" or bool(self.root), "data", "root", self.root,
+                "dataset=manifest needs data.root=<manifest.csv written by edgedistill retrieve>")
+        require(self.held_out is None or self.dataset in ("pool", "manifest"), "data", "held_out", self.held_out,
+                "only pool and manifest datasets take a held-out folder (the others have their own test split)")
 
 
 @dataclass
@@ -510,6 +528,77 @@ class GridConfig:
                 from_dict(TeacherConfig, values.teacher, "grid defaults: teacher"))
 
 
+# ----------------------------------------------------------------------------- retrieve
+
+
+@dataclass
+class RetrieveConfig:
+    """How images are retrieved from an unlabeled pool for class prompts (``edgedistill retrieve``).
+
+    Scores are the teacher's zero-shot head: for CLIP teachers the cosine between an image and a class's
+    (template-ensembled) text embedding, about 0.2-0.35 for a match with ViT-B-32; for ImageNet classifiers
+    the class's label-map probability, in [0, 1].
+    """
+
+    section: ClassVar[str] = "retrieve"
+
+    top_k: int = 1000
+    """Images kept per class at most: its highest-scoring images that pass every filter below."""
+    min_score: float | None = None
+    """Lowest score an image may have for its class (cosine or probability, see above); None: no threshold."""
+    margin: float = 0.0
+    """How much an image's score for its class must exceed its second-best class (>= 0; 0: its best class)."""
+    dedup: float | None = 0.95
+    """Near-duplicates: an image whose embedding cosine to a higher-scoring kept image of its class is at least this
+    is dropped; None: keep them."""
+    balance: float | None = None
+    """Per-class cap for balance: no class keeps more than this many times the smallest class's count; None: none."""
+    other: int = 0
+    """Add a class ``other`` of this many images drawn (seeded) from the low-score remainder; 0: none. ImageNet
+    teachers only: its label-map group is every ImageNet class outside the targets."""
+    other_below: float | None = None
+    """An image may join ``other`` when its best class score is below this; None: min_score."""
+    candidates: int | None = None
+    """Images examined per class (the search's k) before the filters; None: 4 x top_k."""
+    search: SearchKind = "auto"
+    """exact (matrix top-k over the cache shards), faiss (an inner-product index built once and saved beside the
+    cache; pip install 'edgedistill[retrieve]'; CLIP teachers), or auto (faiss from faiss_min_pool images when it is
+    installed and the teacher is CLIP, else exact). Both give the same images."""
+    faiss_min_pool: int = 200_000
+    """Pool size from which search=auto uses FAISS."""
+    templates: Templates = "ensemble"
+    """Prompt templates of the text head, applied to every name and synonym of a class (distill: heads.templates)."""
+    label_map: str | None = None
+    """Label map (shipped name or JSON path) of an ImageNet-classifier teacher; None: built from the class names and
+    synonyms through WordNet, shown and saved for review."""
+    max_sense: int = 1
+    """Label map from names: highest WordNet sense number of a term that may match (1: the word's usual sense)."""
+    sheet_top: int = 8
+    """Contact sheet: the highest-scoring images shown per class."""
+    sheet_border: int = 8
+    """Contact sheet: the lowest-scoring kept (borderline) images shown per class."""
+    seed: int = 0
+    """Seed of the ``other`` draw."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+        def need(ok: bool, flag: str, allowed: str) -> None:
+            require(ok, "retrieve", flag, getattr(self, flag), allowed)
+
+        need(self.top_k >= 1, "top_k", "it must be >= 1")
+        need(self.margin >= 0, "margin", "it must be >= 0 (0: the image's best class)")
+        need(self.dedup is None or 0 < self.dedup <= 1, "dedup", "it must be in (0, 1] or null (no deduplication)")
+        need(self.balance is None or self.balance >= 1, "balance", "it must be >= 1 or null (no cap)")
+        need(self.other >= 0, "other", "it must be >= 0")
+        need(self.other == 0 or self.other_below is not None or self.min_score is not None, "other_below",
+             "retrieve.other needs a score below which images count as 'other': set other_below or min_score")
+        need(self.candidates is None or self.candidates >= self.top_k, "candidates", f"it must be >= top_k ({self.top_k})")
+        need(self.faiss_min_pool >= 1, "faiss_min_pool", "it must be >= 1")
+        need(self.max_sense >= 1, "max_sense", "it must be >= 1")
+        need(self.sheet_top >= 0 and self.sheet_border >= 0, "sheet_top", "sheet_top and sheet_border must be >= 0")
+
+
 # ----------------------------------------------------------------------------- distill
 
 
@@ -614,9 +703,28 @@ class DistillConfig:
     deploy: DeploySettings = field(default_factory=DeploySettings)
     """Export and benchmark."""
     gpu: GridSections = field(default_factory=GridSections)
-    """Values applied on top when a CUDA GPU is present: a larger budget (e.g. ``train: {epochs: 30}``)."""
+    """Shared values applied when a CUDA GPU is present (e.g. ``data: {max_unlabeled: null}``); a student's own values
+    still win, so per-student budgets go in ``students[].gpu``."""
+    prompts: str | None = None
+    """Zero labels: a prompts file (one class per line, ``name: synonym, ...``). With ``pool``, the training images
+    are retrieved from the pool by the teacher's zero-shot head, and the students learn that head (no labels)."""
+    pool: str | list[str] | None = None
+    """Zero labels: the unlabeled images to retrieve from (a folder, ``.tar``, folder of webdataset shard tars, or a
+    list of them); of the ``data`` section only val_fraction and seed apply."""
+    held_out: str | None = None
+    """Zero labels: a labelled folder (``<class>/*.jpg``, class names from the prompts) that scores the teacher and the
+    students; its labels are used for nothing else. None: no accuracy against real labels."""
+    retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
+    """How images are retrieved from the pool (with ``prompts`` and ``pool``)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.pool, str):
+            self.pool = [self.pool]
+        if (self.prompts is None) != (not self.pool):
+            raise ConfigError("distill retrieves from a pool only with both: --prompts FILE and --pool DIR "
+                              f"(got prompts={self.prompts!r}, pool={self.pool!r})")
+        require(self.held_out is None or self.prompts is not None, "distill", "held_out", self.held_out,
+                "it scores a zero-label run (--prompts and --pool); other runs use their dataset's test split")
         self.students = [r if isinstance(r, StudentRow) else from_dict(StudentRow, r, f"students[{i}]")
                          for i, r in enumerate(self.students)]
         if not self.students:

@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -34,7 +35,7 @@ from PIL import Image
 from edgedistill import storage
 from edgedistill.config import DEFAULT_DATA_DIR
 from edgedistill.data.images import (BadImageError, IMAGE_EXTENSIONS, Listing, decode_image, folder_key, is_image_name,
-                                     list_images)
+                                     list_images, require_images)
 from edgedistill.errors import DataError
 
 STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
@@ -43,8 +44,8 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 DEMO_ARCHIVE = Path(__file__).parent / "demo" / "cifar10-demo.tar.gz"
 DATA_DIR = Path(DEFAULT_DATA_DIR).expanduser()
 
-__all__ = ["BadImageError", "CIFAR10Source", "FashionMNISTSource", "ImageFolderSource", "STL10Binary", "Source",
-           "UnlabeledImages", "extract_demo"]
+__all__ = ["BadImageError", "CIFAR10Source", "FashionMNISTSource", "ImageFolderSource", "RelabeledSource", "STL10Binary",
+           "Source", "UnlabeledImages", "describe_item", "extract_demo", "pool_sources"]
 
 
 class Source(torch.utils.data.Dataset):
@@ -330,6 +331,77 @@ class UnlabeledImages(Source):
                 self._identity = {"kind": "folder", "path": str(self.path), "n": len(self),
                                   "files_sha256": _hash_file_list(self.path, self.files)}
         return self._identity
+
+
+def pool_sources(paths: list[str], prefix: str = "pool") -> list[Source]:
+    """An unlabeled pool as sources: each folder's images (searched recursively) and each ``.tar`` in or given.
+
+    A webdataset shard (``000123.jpg`` beside ``000123.json`` / ``.cls``) is a tar whose image members are
+    taken and the rest ignored; a folder of shards gives one source per shard, so the teacher cache is
+    computed, resumed and shared shard by shard. Keys are ``<prefix>/<name>`` (``<prefix>/<folder>~<shard>``).
+
+    Raises:
+        DataError: a path that does not exist, or holds neither images nor tars.
+    """
+    out: list[Source] = []
+
+    def key(*names: str) -> str:  # a shard's key is a sibling of its folder's ("pool/shards~000123"), not inside it
+        k = f"{prefix}/" + "~".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", n.removesuffix(".tar")) or "images" for n in names)
+        base, n = k, 2
+        while any(s.key == k for s in out):
+            k, n = f"{base}-{n}", n + 1
+        return k
+
+    for path in paths:
+        p = Path(path).expanduser()
+        if p.is_file():
+            out.append(UnlabeledImages(p, key(p.name)))
+            continue
+        if not p.is_dir():
+            raise DataError(f"Pool path {str(path)!r} does not exist (expected a folder, a .tar or a folder of .tar shards)")
+        listing = list_images(p)
+        require_images(listing, p, "Pool folder")
+        tars = sorted(t for t in p.rglob("*.tar") if t.is_file() and not t.name.startswith("."))
+        if not listing.files and not tars:
+            raise DataError(f"Pool folder {str(path)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}) and no .tar shards")
+        if listing.files:
+            out.append(UnlabeledImages(p, key(p.name)))
+        out += [UnlabeledImages(t, key(p.name, t.relative_to(p).as_posix())) for t in tars]
+    return out
+
+
+class RelabeledSource(Source):
+    """Another source's images with labels given here (a retrieval manifest's classes).
+
+    Key and identity are the base source's, so the teacher cache computed on the pool is the one read.
+
+    Args:
+        base: The source (a pool source).
+        classes: Class names.
+        labels: int64 ``[len(base)]``: a class index, or -1 for images not in the labelled set.
+    """
+
+    def __init__(self, base: Source, classes: list[str], labels: np.ndarray) -> None:
+        if len(labels) != len(base):
+            raise DataError(f"{len(labels)} labels for the {len(base)} images of {base.key!r}")
+        self.base, self.key, self.classes = base, base.key, list(classes)
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def load(self, i: int) -> Image.Image:
+        return self.base.load(i)
+
+    def identity(self) -> dict[str, Any]:
+        return self.base.identity()
+
+
+def describe_item(source: Source, i: int) -> str:
+    """Where image ``i`` of a source is, for people and manifests: a file path, or ``<tar>::<member>``."""
+    base = getattr(source, "base", source)
+    if getattr(base, "is_tar", False):
+        return f"{base.path}::{base.names[i]}"
+    if hasattr(base, "files"):
+        return str(base.files[i])
+    return f"{base.key}#{i}"
 
 
 # --------------------------------------------------------------------------------------------

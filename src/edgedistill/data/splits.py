@@ -38,6 +38,7 @@ from edgedistill.data.sources import (
     find_cifar10_pickles,
     find_fashion_mnist,
     find_stl10_dir,
+    pool_sources,
 )
 from edgedistill.errors import DataError
 
@@ -320,7 +321,38 @@ def _demo(cfg: DataConfig) -> tuple[Path, list[Source], list[Source], list[Sourc
     return d, [labeled], [ImageFolderSource(d / "eval", "demo/eval", labeled.classes)], [UnlabeledImages(d / "unlabeled", "demo/unlabeled")]
 
 
-_OPENERS = {"stl10": _stl10, "cifar10": _cifar10, "fashion_mnist": _fashion_mnist, "imagefolder": _imagefolder, "demo": _demo}
+def _held_out(cfg: DataConfig, classes: list[str]) -> list[Source]:
+    """The labelled folder of a pool or manifest (its class folders among ``classes``), read as ``test``."""
+    if cfg.held_out is None:
+        return []
+    root = Path(cfg.held_out).expanduser()
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", root.resolve().name) or "held_out"
+    return [ImageFolderSource(root, f"held_out/{name}", classes)]
+
+
+def _prompt_classes(cfg: DataConfig) -> list[str]:
+    """The classes of a dataset without class folders (a pool): its prompts file's."""
+    from edgedistill.prompts import class_names, read_prompts
+
+    return class_names(read_prompts(cfg.prompts))
+
+
+def _pool(cfg: DataConfig) -> tuple[Path, list[Source], list[Source], list[Source]]:
+    """Unlabeled images only (the ``unlabeled`` split); the classes are the prompts file's."""
+    paths = ([cfg.root] if cfg.root else []) + list(cfg.unlabeled)
+    return Path(paths[0]).expanduser().resolve(), [], _held_out(cfg, _prompt_classes(cfg)), pool_sources(paths)
+
+
+def _manifest(cfg: DataConfig) -> tuple[Path, list[Source], list[Source], list[Source]]:
+    """The images a retrieval kept, labelled with their classes (the pool's sources, so its caches are reused)."""
+    from edgedistill.retrieve import manifest_sources
+
+    classes, labeled = manifest_sources(cfg.root)
+    return Path(cfg.root).expanduser().resolve(), labeled, _held_out(cfg, classes), []
+
+
+_OPENERS = {"stl10": _stl10, "cifar10": _cifar10, "fashion_mnist": _fashion_mnist, "imagefolder": _imagefolder, "demo": _demo,
+            "pool": _pool, "manifest": _manifest}
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,19 +372,19 @@ def build_splits(cfg: DataConfig) -> DataSplits:
         DataError: missing or malformed data, or an extra unlabeled path that is not images.
     """
     root, labeled, test, unlabeled = _OPENERS[cfg.dataset](cfg)
-    for path in cfg.unlabeled:
+    for path in cfg.unlabeled if cfg.dataset not in ("pool", "manifest") else []:  # a pool's own paths are opened
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).name.removesuffix(".tar")) or "images"
         key, k = f"extra/{stem}", 2
         while any(s.key == key for s in unlabeled):
             key, k = f"extra/{stem}-{k}", k + 1
         unlabeled.append(UnlabeledImages(path, key))
     sources = {s.key: s for s in labeled + test + unlabeled}
-    classes = labeled[0].classes
+    classes = labeled[0].classes if labeled else _prompt_classes(cfg)  # a pool has no labeled source
 
     # The labeled pool, one row per image; one seeded permutation decides everything below.
-    keys = np.concatenate([np.full(len(s), s.key, dtype=object) for s in labeled])
-    idx = np.concatenate([np.arange(len(s), dtype=np.int64) for s in labeled])
-    lab = np.concatenate([s.labels for s in labeled])
+    keys = np.concatenate([np.zeros(0, dtype=object)] + [np.full(len(s), s.key, dtype=object) for s in labeled])
+    idx = np.concatenate([np.zeros(0, np.int64)] + [np.arange(len(s), dtype=np.int64) for s in labeled])
+    lab = np.concatenate([np.zeros(0, np.int64)] + [s.labels for s in labeled])
     perm = np.random.default_rng(cfg.seed).permutation(len(lab))
     val_rows, train_rows, hidden_rows = [], [], []
     for c in range(len(classes)):

@@ -9,6 +9,11 @@ Every step is a library step used by the single commands too (``run``'s grid ste
 runs, exports (by the weights' stamp) and the benchmark (by its key), so a rerun after a kill
 continues and a finished run takes seconds. ``edgedistill demo`` is this command with the
 packaged ``demo.yaml``.
+
+Zero labels (``--prompts FILE --pool DIR``): a retrieval step comes first (``edgedistill.retrieve``):
+the teacher's zero-shot head picks each prompt class's images from the pool, and the students
+learn that head on them (response KD; for CLIP teachers also embedding KD, so the deployed
+student keeps taking new prompts). ``--held_out DIR`` may name a labelled folder to score on.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from edgedistill.config import (
     GridRow,
     GridSections,
     GridTeacher,
+    StudentRow,
     TeacherConfig,
     asdict,
     from_dict,
@@ -69,6 +75,8 @@ class DistillPlan:
     has_test: bool
     gpu: bool
     notes: list[str] = field(default_factory=list)
+    retrieval: Any = None
+    """Zero labels: the checked ``retrieve.RetrievalPlan`` that makes the training images (``data`` is its manifest)."""
 
 
 def plan_distill(cfg: DistillConfig) -> DistillPlan:
@@ -84,13 +92,16 @@ def plan_distill(cfg: DistillConfig) -> DistillPlan:
     gpu = torch.cuda.is_available()
     shared = GridSections(data=asdict(cfg.data), teacher=asdict(cfg.teacher), train=asdict(cfg.train))
     notes = []
-    if gpu and any(getattr(cfg.gpu, k) for k in ("data", "teacher", "train")):
+    budget = {k: getattr(cfg.gpu, k) for k in ("data", "teacher", "train") if getattr(cfg.gpu, k)}
+    budget.update({f"students.{r.name}": r.gpu for r in cfg.students if r.gpu})
+    if gpu and budget:
         shared = shared.merged(cfg.gpu)
         notes.append("A CUDA GPU is present, so the GPU budget applies: "
-                     + "; ".join(f"{k}: {json.dumps(getattr(cfg.gpu, k))}" for k in ("data", "teacher", "train")
-                                 if getattr(cfg.gpu, k)))
+                     + "; ".join(f"{k}: {json.dumps(v)}" for k, v in budget.items()))
     data = from_dict(DataConfig, shared.data, "distill data")
     teacher = from_dict(TeacherConfig, shared.teacher, "distill teacher")
+    if cfg.prompts:
+        return _plan_from_prompts(cfg, shared, data, teacher, gpu, notes)
     splits = build_splits(data)
     has_labels = data.train_labels and bool((splits.labels("train") >= 0).any())
     has_test = bool(splits.size("test"))
@@ -113,7 +124,7 @@ def plan_distill(cfg: DistillConfig) -> DistillPlan:
         if train.get("target", "labels") != "labels" and train.get("head", "linear") not in heads:
             raise ConfigError(f"Student {r.name!r} distils the {train.get('head', 'linear')!r} head, but this run has "
                               f"only {heads or 'no heads'}; set its train.head to one of them")
-        rows.append(GridRow(name=r.name, train=r.train, data=r.data, note=r.note or None))
+        rows.append(GridRow(name=r.name, train={**r.train, **(r.gpu if gpu else {})}, data=r.data, note=r.note or None))
     if not any({**shared.train, **r.train}.get("target", "labels") != "labels" for r in rows):
         raise ConfigError("distill needs at least one distilled student (train.target logits or embedding)")
     grid = GridConfig(runs=rows, name=cfg.name, out_dir=str(Path(cfg.out) / "runs"), cache_dir=cfg.cache_dir,
@@ -124,6 +135,111 @@ def plan_distill(cfg: DistillConfig) -> DistillPlan:
     if not has_test:
         notes.append(f"Dataset {data.dataset!r} has no held-out test split: the numbers are validation accuracy.")
     return DistillPlan(cfg, data, teacher, grid, heads, has_labels, has_test, gpu, notes)
+
+
+def zero_label_students(kind: str) -> list[StudentRow]:
+    """The students of ``distill --prompts --pool`` when none are given: response KD, and embedding KD for CLIP."""
+    rows = [StudentRow("kd_zero_shot", {"target": "logits", "head": kind},
+                       note=f"response KD on the {kind} head's probabilities over the prompts' classes")]
+    if kind == "text":
+        rows.append(StudentRow("kd_embedding", {"target": "embedding", "head": "text", "feature_loss": "mse",
+                                                "optimizer": "adam", "lr": 3e-4, "weight_decay": 0.0},
+                               note="embedding KD (MSE, Adam 3e-4, the companion's recipe): it takes new prompts"))
+    return rows
+
+
+def _plan_from_prompts(cfg: DistillConfig, shared: GridSections, user: DataConfig, teacher: TeacherConfig, gpu: bool,
+                       notes: list[str]) -> DistillPlan:
+    """The plan of a zero-label run: the retrieval (checked, not run), then students on its manifest."""
+    from edgedistill.retrieve import finished_retrieval, plan_retrieval
+
+    stray = [f for f in ("dataset", "root", "unlabeled", "prompts", "labeled_per_class")
+             if getattr(user, f) != getattr(DataConfig(), f)]
+    if stray:
+        raise ConfigError(f"data.{stray[0]}={getattr(user, stray[0])!r} is not used with --prompts/--pool (the training "
+                          "images are retrieved from the pool); remove it. Of data, val_fraction and seed apply")
+    out = Path(cfg.out)
+    rdir = (out / "retrieve").resolve()
+    rcfg = replace(cfg.retrieve, templates=cfg.heads.templates)  # one zero-shot head: it retrieves, teaches, is scored
+    rplan = plan_retrieval(cfg.prompts, cfg.pool, teacher, rcfg, rdir, cfg.cache_dir, held_out=cfg.held_out)
+    zero_shot = rplan.kind if cfg.heads.zero_shot == "auto" else cfg.heads.zero_shot
+    if zero_shot != rplan.kind:
+        raise ConfigError(f"heads.zero_shot={cfg.heads.zero_shot!r}, but {teacher.describe()} scores prompts with its "
+                          f"{rplan.kind!r} head, which retrieves and teaches here; set heads.zero_shot auto")
+    data = DataConfig(dataset="manifest", root=str(rdir / "manifest.csv"), held_out=cfg.held_out,
+                      val_fraction=user.val_fraction, seed=user.seed, train_labels=False)
+    has_test = cfg.held_out is not None
+    notes.append(f"No labels: the training images are retrieved from the pool ({', '.join(rplan.pool_paths)}: "
+                 f"{rplan.splits.size('unlabeled'):,} images) by the teacher's {rplan.kind} head over the "
+                 f"{len(rplan.classes)} classes of {cfg.prompts}; the students learn that head. Validation holds "
+                 "retrieved images with their retrieved classes, so its accuracy is agreement with the teacher"
+                 + (f"; the held-out folder {cfg.held_out} (its labels only score) gives the final numbers."
+                    if has_test else "; no labelled folder was given (--held_out), so no number here is accuracy "
+                                     "against real labels."))
+    students = cfg.students
+    if students == DistillConfig().students:
+        students = zero_label_students(rplan.kind)
+        notes.append(f"Students: the zero-label defaults ({', '.join(r.name for r in students)}).")
+    shared = GridSections(data=asdict(data), teacher=shared.teacher, train=dict(shared.train))
+    for key in ("name", "resume"):
+        shared.train.pop(key, None)
+    shared.train.update(eval_test=has_test, out_dir=str(out / "runs"), cache_dir=cfg.cache_dir,
+                        head_path=str(rdir / "head"))  # the head the retrieval saved: names, synonyms, templates
+    rows = []
+    for r in students:
+        train = {**shared.train, **r.train}
+        if train.get("target", "labels") == "labels":
+            notes.append(f"Student {r.name!r} learns from labels and was skipped: there are no training labels.")
+            continue
+        if train.get("head", "linear") != zero_shot:
+            raise ConfigError(f"Student {r.name!r} distils the {train.get('head', 'linear')!r} head, but a zero-label "
+                              f"run has only the {zero_shot!r} head; set its train.head to {zero_shot!r}")
+        rows.append(GridRow(name=r.name, train={**r.train, **(r.gpu if gpu else {})}, data=r.data, note=r.note or None))
+    if not rows:
+        raise ConfigError("distill needs at least one distilled student (train.target logits or embedding)")
+    grid = GridConfig(runs=rows, name=cfg.name, out_dir=str(out / "runs"), cache_dir=cfg.cache_dir, defaults=shared,
+                      teacher=GridTeacher(heads=[zero_shot], templates=cfg.heads.templates,
+                                          label_map=str(rdir / "label_map.json") if zero_shot == "label_map" else None))
+    for row in grid.runs:
+        grid.configs(row)  # every student's full config is valid before the teacher runs on one image
+    done = finished_retrieval(rdir)
+    if done is not None and done.get("key") != rplan.key and any((out / "runs").glob("*/metrics.json")):
+        raise ConfigError(f"{str(out)!r} holds students trained on another retrieval (the prompts, pool, teacher or "
+                          f"retrieve settings changed); use another --out, or delete {out / 'runs'} and {rdir}")
+    return DistillPlan(cfg, data, teacher, grid, [zero_shot], False, has_test, gpu, notes, retrieval=rplan)
+
+
+def _score_prompt_head(plan: DistillPlan, rows: list[dict]) -> None:
+    """Zero labels, CLIP: the teacher's text row scores the head that retrieved and taught (synonyms and templates),
+    not one rebuilt from the class names alone. In place."""
+    import torch
+
+    from edgedistill.cache import ensure_cache, gather
+    from edgedistill.data.splits import build_splits
+    from edgedistill.evaluate import evaluate_logits
+    from edgedistill.heads import load_head
+
+    head, rp = load_head(plan.retrieval.out / "head"), plan.retrieval
+    splits = build_splits(plan.data)
+    for row in (r for r in rows if r["kind"] == "teacher" and r["target"] == "text"):
+        for split, key in (("val", "val_acc"), ("test", "test_acc")):
+            if splits.size(split):
+                caches = ensure_cache(plan.data, plan.teacher, split, plan.cfg.cache_dir, teacher=rp.teacher, splits=splits)
+                cached = gather(splits, caches, split)
+                with torch.no_grad():
+                    row[key] = evaluate_logits(head(torch.from_numpy(cached.embedding)), cached.labels, splits.classes)["acc"]
+
+
+def _retrieval_section(record: dict, prompts: str) -> list[str]:
+    """The report's account of what was retrieved: counts per class and the contact sheet."""
+    from edgedistill.retrieve import format_counts
+
+    return ["## Retrieval (no labels)", "",
+            f"{record['kept']:,} training images were retrieved from a pool of {record['pool']['images']:,} unlabeled "
+            f"images by the teacher's {record['head']['kind']} head over the classes of `{prompts}` ({record['search']} "
+            f"search; score: {record['score']}). No label was used to choose or to train any model.", "",
+            format_counts(record), "", "Per class, its top images, then its borderline (lowest kept) ones:", "",
+            f"![contact sheet](retrieve/{record['files']['contact_sheet']})", ""]
 
 
 # ----------------------------------------------------------------------------- 2-6. steps
@@ -191,6 +307,17 @@ def _bench(plan: DistillPlan, student_dir: Path, teacher_dir: Path, out: Path,
     return bench
 
 
+def _cache_everything(plan: DistillPlan) -> None:
+    """The teacher's outputs on every image any step reads, computed in one go (one set of processes)."""
+    from edgedistill.cache import ensure_cache
+    from edgedistill.data.splits import build_splits
+
+    splits = build_splits(plan.data)
+    present = [s for s in ("train", "val", "test", "unlabeled") if splits.size(s)]
+    ensure_cache(plan.data, plan.teacher, "+".join(present), plan.cfg.cache_dir, splits=splits,
+                 num_workers=plan.cfg.train.num_workers)
+
+
 def _teacher_params(teacher_cfg: TeacherConfig) -> int:
     from edgedistill.students import count_parameters
     from edgedistill.teachers import create_teacher
@@ -212,15 +339,30 @@ def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = No
 
     t0 = time.time()
     out = Path(cfg.out)
-    steps = 6
+    r = int(bool(cfg.prompts))  # a zero-label run retrieves its training images first
+    steps = 6 + r
     _step(1, steps, "plan: heads, students and their settings, checked before any work")
     plan = plan_distill(cfg)
     for note in plan.notes:
         say(f"note: {note}")
     storage.write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
 
-    _step(2, steps, f"teacher cache and heads ({', '.join(plan.heads)}), then the students")
+    retrieval = None
+    if plan.retrieval is not None:
+        from edgedistill.retrieve import format_counts, run_retrieval
+
+        _step(2, steps, f"retrieve: the pool's images of each prompt class, by the teacher's {plan.heads[0]} head")
+        retrieval = run_retrieval(plan.retrieval, num_workers=cfg.train.num_workers, log=say)
+        say(format_counts(retrieval))
+        if not retrieval["kept"]:
+            raise ConfigError("The retrieval kept no images; lower retrieve.min_score / margin or check the prompts "
+                              f"({out / 'retrieve' / 'contact_sheet.png'})")
+
+    _step(2 + r, steps, f"teacher cache and heads ({', '.join(plan.heads)}), then the students")
+    _cache_everything(plan)
     grid = run_grid_config(plan.grid, source=str(out / "config.yaml"))
+    if plan.retrieval is not None and plan.retrieval.kind == "text":
+        _score_prompt_head(plan, grid["rows"])
     write_grid_results(grid, Path(plan.grid.out_dir))
     teacher_rows = {r["target"]: r for r in grid["rows"] if r["kind"] == "teacher"}
     students = [r for r in grid["rows"] if r["kind"] == "student"]
@@ -228,19 +370,19 @@ def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = No
     best = max(distilled, key=lambda r: -1.0 if r["val_acc"] is None else r["val_acc"])  # chosen on val, never test
     best_run = Path(best["run_dir"])
 
-    _step(3, steps, f"the best distilled student ({best['name']}, chosen on validation) on the held-out images")
+    _step(3 + r, steps, f"the best distilled student ({best['name']}, chosen on validation) on the held-out images")
     evaluation = None
     if plan.has_test:
         evaluation = evaluate_student(best_run, plan.data, split="test", out=out / "eval")
         storage.write_bytes(out / "confusion_best_student.png", (out / "eval" / evaluation["png"]).read_bytes())
 
-    _step(4, steps, "export: the student (FP32 + INT8) and the teacher to ONNX, parity-checked")
+    _step(4 + r, steps, "export: the student (FP32 + INT8) and the teacher to ONNX, parity-checked")
     student_dir, teacher_dir = _export(plan, best_run, out)
 
-    _step(5, steps, "deployment race, one child process per model and setting")
+    _step(5 + r, steps, "deployment race, one child process per model and setting")
     bench = _bench(plan, student_dir, teacher_dir, out, tutorial_teacher_config)
 
-    _step(6, steps, "report")
+    _step(6 + r, steps, "report")
     from edgedistill.deploy.bench import machine_info
 
     student_export = storage.read_json(student_dir / "export.json")
@@ -275,11 +417,20 @@ def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = No
                                       "latency_ms_p50", "latency_ms_p95", "peak_mem_mb", "file_mb")} for r in bench["rows"]],
         "elapsed_s": round(time.time() - t0, 1),
     }
+    if retrieval is not None:
+        results["retrieval"] = {k: retrieval[k] for k in ("classes", "counts", "kept", "search", "score", "head")}
+        results["retrieval"].update(pool_images=retrieval["pool"]["images"], dir=str(out / "retrieve"),
+                                    manifest=str(out / "retrieve" / "manifest.csv"),
+                                    contact_sheet=str(out / "retrieve" / retrieval["files"]["contact_sheet"]))
     storage.write_json(out / "results.json", results)
     for png in ("accuracy.png", "accuracy_vs_unlabeled.png"):
         storage.write_bytes(out / png, (Path(plan.grid.out_dir) / png).read_bytes())
     storage.write_bytes(out / "bench.png", (out / "bench" / "bench.png").read_bytes())
     report = write_distill_report(results, out)
+    if retrieval is not None:  # the retrieval's account goes before the accuracy table
+        text = report.read_text()
+        section = "\n".join(_retrieval_section(retrieval, cfg.prompts))
+        storage.write_text(report, text.replace("## Accuracy\n", section + "\n## Accuracy\n", 1))
     print(summary_table(results))
     print(f"report: {report}")
     print(f"deployed student: {student_dir} (edgedistill predict {student_dir} IMAGES...)")

@@ -1,0 +1,177 @@
+"""Class prompts: the file that names the classes of a zero-label classifier, and the zero-shot head it defines.
+
+A prompts file has one class per line, optionally followed by synonyms; ``#`` starts a comment::
+
+    # pets.txt
+    cat: tabby cat, kitten
+    dog: puppy
+    sports car          # a name alone is fine
+
+The class name is what the student predicts (and a held-out folder's sub-folder name); every
+name and synonym is a *term*. A CLIP teacher's text head embeds every term with each prompt
+template ("a photo of a {}.") and averages them per class; an ImageNet classifier's label map
+matches every term to ImageNet class names and their WordNet hypernyms
+(:func:`edgedistill.heads.label_map.label_map_from_names`); a synonym may be a WordNet id
+(``n02419796``) to pin one synset (the text head skips those).
+
+Parsing is torch-free; :func:`prompt_head` imports the heads when called.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgedistill.errors import ConfigError
+
+_WNID = re.compile(r"n\d{8}")
+
+
+@dataclass(frozen=True)
+class ClassPrompt:
+    """One class of a prompts file.
+
+    Attributes:
+        name: The class name (what the student predicts).
+        synonyms: Further terms for the same class (words, phrases, or WordNet ids).
+        line: Line number in the file (for messages).
+    """
+
+    name: str
+    synonyms: tuple[str, ...] = ()
+    line: int = 0
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """The name, then its synonyms."""
+        return (self.name, *self.synonyms)
+
+
+def _key(text: str) -> str:
+    """Names compare case-insensitively, with ``_``/``-`` as spaces."""
+    return " ".join(re.sub(r"[-_]", " ", text.lower()).split())
+
+
+def parse_prompts(text: str, where: str = "prompts") -> list[ClassPrompt]:
+    """The classes of a prompts file's text, checked.
+
+    Args:
+        text: The file's content.
+        where: Its name, for messages.
+
+    Raises:
+        ConfigError: one line naming the file, the line and the problem: no classes, fewer than two, an empty
+            name or synonym, a name with a character the format uses, a class or term given twice.
+    """
+    classes: list[ClassPrompt] = []
+    owner: dict[str, tuple[str, int]] = {}  # term key -> (class name, line)
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, rest = line.partition(":")
+        name = " ".join(name.split())
+        synonyms = tuple(" ".join(s.split()) for s in rest.split(",")) if sep else ()
+        if not name:
+            raise ConfigError(f"{where}:{n}: {raw.strip()!r} has no class name before ':'; write 'name: synonym, ...'")
+        if sep and (not synonyms or any(not s for s in synonyms)):
+            raise ConfigError(f"{where}:{n}: {raw.strip()!r} has an empty synonym; write 'name: synonym, synonym' "
+                              "(or the name alone)")
+        for term in (name, *synonyms):
+            key = _key(term)
+            if key in owner:
+                cls, m = owner[key]
+                raise ConfigError(f"{where}:{n}: {term!r} is already given on line {m} (class {cls!r}); every class "
+                                  "and synonym must appear once")
+            owner[key] = (name, n)
+        if _WNID.fullmatch(name):
+            raise ConfigError(f"{where}:{n}: class name {name!r} is a WordNet id; name the class and give the id as a "
+                              f"synonym ('deer: {name}')")
+        classes.append(ClassPrompt(name, synonyms, n))
+    if not classes:
+        raise ConfigError(f"{where} names no classes; write one class per line, e.g. 'cat: tabby cat, kitten'")
+    if len(classes) < 2:
+        raise ConfigError(f"{where} names one class ({classes[0].name!r}); a classifier needs at least two")
+    return classes
+
+
+def read_prompts(path: str | Path) -> list[ClassPrompt]:
+    """Read and check a prompts file (UTF-8).
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not UTF-8, or not a valid prompts file.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"Prompts file {str(path)!r} does not exist; write one class per line, e.g. 'cat: kitten'")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"Prompts file {str(path)!r} is not UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"Prompts file {str(path)!r} cannot be read ({e.strerror})") from None
+    return parse_prompts(text, str(path))
+
+
+def class_names(prompts: Sequence[ClassPrompt]) -> list[str]:
+    """The class names, in file order."""
+    return [c.name for c in prompts]
+
+
+def prompts_digest(prompts: Sequence[ClassPrompt]) -> str:
+    """sha256 of the classes and terms (not of comments or spacing): what a retrieval depends on."""
+    return hashlib.sha256("\n".join("\t".join(c.terms) for c in prompts).encode()).hexdigest()
+
+
+def prompt_head(
+    kind: str,
+    prompts: Sequence[ClassPrompt],
+    teacher,
+    *,
+    templates: str = "ensemble",
+    label_map: str | None = None,
+    max_sense: int = 1,
+) -> tuple[Any, dict | None]:
+    """The zero-shot head of the prompts' classes: what retrieval scores with and what students distil.
+
+    Args:
+        kind: ``text`` (CLIP teachers) or ``label_map`` (ImageNet classifiers).
+        prompts: The classes.
+        teacher: The teacher (its text tower embeds the terms; its class count is checked for a label map).
+        templates: Prompt templates of the text head, applied to every term.
+        label_map: A label map name or JSON file; None: built from the names and synonyms (WordNet).
+        max_sense: Highest WordNet sense of a term that may match (label map from names).
+
+    Returns:
+        ``(head, review)``: a ``TextHead`` (per class: the normalised mean of its terms' template-ensembled
+        embeddings) or a ``LabelMapHead``; ``review`` is the label map's reasons when built from names, else None.
+
+    Raises:
+        ConfigError: a teacher without text tower or ImageNet-1k logits, a name that matches no ImageNet class.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from edgedistill.heads import TextHead, build_text_head, load_label_map
+    from edgedistill.heads.label_map import label_map_from_names
+
+    names = class_names(prompts)
+    if kind == "text":
+        terms = [[t for t in c.terms if not _WNID.fullmatch(t)] for c in prompts]  # ids are for label maps
+        per_term = build_text_head(teacher, [t for ts in terms for t in ts], templates).text_embeddings  # [T, D]
+        bounds = np.cumsum([0] + [len(ts) for ts in terms])
+        rows = [F.normalize(per_term[a:b].mean(0), dim=-1) for a, b in zip(bounds[:-1], bounds[1:])]  # C x [D]
+        return TextHead(torch.stack(rows), teacher.logit_scale), None
+    if kind != "label_map":
+        raise ConfigError(f"Unknown zero-shot head {kind!r}. Valid: text, label_map")
+    if (teacher.num_classes or 0) != 1000:
+        raise ConfigError(f"A label map scores ImageNet-1k classes; teacher {getattr(teacher, 'name', teacher)!r} has "
+                          f"{teacher.num_classes or 'no'} classes (use a CLIP teacher and the text head)")
+    if label_map is not None:
+        return load_label_map(label_map, names), None
+    return label_map_from_names(names, {c.name: c.synonyms for c in prompts}, max_sense=max_sense)
