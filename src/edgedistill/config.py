@@ -735,8 +735,69 @@ class DistillConfig:
             raise ConfigError(f"Student name(s) {dup} appear twice")
 
 
+# ----------------------------------------------------------------------------- optimize (QAT, 2:4 sparsity)
+
+
+Sparsity = Literal["2:4"]
+SparsityMethod = Literal["magnitude", "sparsegpt"]
+
+
+@dataclass
+class OptimizeConfig:
+    """``edgedistill optimize``: QAT and/or 2:4 sparsity of a trained student, fine-tuned with its own distillation loss."""
+
+    section: ClassVar[str] = "optimize"
+
+    model: str | None = None
+    """The trained student's run directory (``config.yaml``, ``student.json``, ``student.safetensors``)."""
+    qat: bool = False
+    """INT8 quantization-aware training: calibrate on real training images, then fine-tune with fake quantization."""
+    sparsity: Sparsity | None = None
+    """``2:4``: every group of 4 weights along the input channels keeps 2 (layers that cannot take it are skipped and
+    listed). With ``qat``: sparsify and fine-tune first, then QAT. In a YAML file write it quoted: ``'2:4'``."""
+    sparsity_method: SparsityMethod = "magnitude"
+    """How the 2:4 mask is chosen: magnitude (per group of 4, the 2 largest; the layout TensorRT uses) or sparsegpt
+    (Hessian-aware, needs calibration images; its 3x3-conv masks are 2:4 along C*R*S, which TensorRT cannot use)."""
+    epochs: int | None = None
+    """Fine-tune epochs of each stage; None: a tenth of the run's epochs, at least 1."""
+    lr_scale: float = 0.1
+    """Fine-tune learning rate as a fraction of the run's (cosine to 0, no warmup)."""
+    calib_size: int = 256
+    """Training images (eval transform, a seeded random subset) that calibrate the INT8 ranges (and SparseGPT)."""
+    calib_split: str = "train"
+    """Split the calibration images come from."""
+    max_steps: int = -1
+    """Stop each fine-tune stage after this many optimizer steps (-1: no limit); for smoke tests."""
+    batch_size: int | None = None
+    """Fine-tune batch size; None: the run's."""
+    num_workers: int | None = None
+    """DataLoader workers; None: the run's."""
+    cache_dir: str | None = None
+    """Teacher-output cache root; None: the run's."""
+    resume: bool = False
+    """Continue an interrupted stage from its last checkpoint (a finished stage with the same settings is always reused)."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)  # "at least one of qat and sparsity" and "model is given" are checked by the command
+        require(self.epochs is None or self.epochs >= 1, "optimize", "epochs", self.epochs, "it must be >= 1 or null")
+        require(0 < self.lr_scale <= 1, "optimize", "lr_scale", self.lr_scale, "it must be in (0, 1]")
+        require(self.calib_size >= 1, "optimize", "calib_size", self.calib_size, "it must be >= 1")
+        require(self.max_steps == -1 or self.max_steps >= 1, "optimize", "max_steps", self.max_steps,
+                "it must be -1 (no limit) or >= 1")
+        require(self.batch_size is None or self.batch_size >= 1, "optimize", "batch_size", self.batch_size,
+                "it must be >= 1 or null")
+        require(self.num_workers is None or self.num_workers >= 0, "optimize", "num_workers", self.num_workers,
+                "it must be >= 0 or null")
+        split_names(self.calib_split)
+
+    def recipe(self) -> str:
+        """The recipe's name, also its run directory's: ``qat``, ``sparse24`` or ``sparse24-qat``."""
+        return "-".join(([] if self.sparsity is None else ["sparse24"]) + (["qat"] if self.qat else []))
+
+
 __all__ = [
     "CACHED_CROP_SCALE", "DEFAULT_CACHE_DIR", "DEFAULT_DATA_DIR", "DataConfig", "DeploySettings", "DistillConfig",
-    "GridConfig", "GridRow", "GridSections", "GridTeacher", "HeadsConfig", "RECORD_IGNORED", "StudentRow",
-    "TeacherConfig", "TrainConfig", "asdict", "check_choices", "from_dict", "replace", "require", "split_names",
+    "GridConfig", "GridRow", "GridSections", "GridTeacher", "HeadsConfig", "OptimizeConfig", "RECORD_IGNORED", "RetrieveConfig",
+    "StudentRow", "TeacherConfig", "TrainConfig", "asdict", "check_choices", "from_dict", "replace", "require",
+    "split_names",
 ]

@@ -9,6 +9,14 @@ One export directory holds everything deployment needs, and no teacher::
     <out>/student/model.text_embeddings.npy  [C, D] text embeddings of class names / prompts
     <out>/student/export.json                what was exported, parity diffs, FP32 vs INT8 accuracy
 
+An ``edgedistill optimize`` stage exports the same files: ``model.onnx`` is its float model
+(2:4 recipes: dense weights with the zeros in, precision ``sparse-fp32``) and, for QAT recipes,
+``model.int8.onnx`` is the fake-quantized ModelOpt model as QDQ ONNX (``qat-int8`` /
+``sparse-qat-int8``, parity-checked against the fake-quantized PyTorch model) in place of ONNX
+Runtime's post-training INT8. ``export.json`` and the metadata (``extra.optimize``) carry the
+recipe and the sparsity measured on the exported weights; TensorRT engines get ``int8`` and
+``sparse`` as the model asks.
+
 A model that fails its parity check never lands: it is checked in its temp file and the
 temp file is removed. Embedding students are exported with their head folded in: outputs
 ``logits`` [B, C] and ``embedding`` [B, D]; the stored text embeddings let
@@ -117,7 +125,21 @@ def load_student_deploy(path: str | os.PathLike) -> tuple[DeployModel, DeployMet
         dynamic_hw=True,  # CNN students run at any resolution (224 for the tutorial, native for deployment)
         teacher=teacher if manifest.target != "labels" else None, source=str(Path(path).resolve()),
     )
+    if (run_dir / "optimize.json").is_file():  # an `edgedistill optimize` stage: plain weights, its recipe beside
+        from edgedistill.training.optimize import read_recipe
+
+        recipe = read_recipe(run_dir)
+        meta.extra["optimize"] = {k: recipe[k] for k in ("recipe", "precision", "qat", "sparsity", "sparsity_method",
+                                                          "parent", "modelopt")}
     return DeployModel(model, head, outputs).eval(), meta
+
+
+def load_qat_deploy(path: str | os.PathLike, like: DeployModel) -> DeployModel:
+    """The fake-quantized (ModelOpt) student of a QAT stage as a :class:`DeployModel` shaped like ``like``."""
+    from edgedistill.training.optimize import load_optimized_student
+
+    model = load_optimized_student(path)[0]
+    return DeployModel(model, like.head, like.output_names).eval()
 
 
 def teacher_config(info: dict) -> TeacherConfig:
@@ -146,7 +168,8 @@ def load_teacher_deploy(cfg: TeacherConfig) -> tuple[DeployModel, DeployMeta, An
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, meta: DeployMeta, opset: int = 17,
-                check: dict[str, torch.Tensor] | None = None, tolerance: float = 1e-3) -> tuple[Path, dict[str, float]]:
+                check: dict[str, torch.Tensor] | None = None, tolerance: float = 1e-3,
+                precision: str = "fp32") -> tuple[Path, dict[str, float]]:
     """Export ``model`` to ONNX with a dynamic batch axis and ``meta`` in metadata_props; parity-check it in place.
 
     The legacy TorchScript exporter (``dynamo=False``) handles both timm CNNs and open_clip ViTs
@@ -159,6 +182,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, meta: DeployMeta, 
         opset: ONNX opset (>= 17: LayerNormalization is native).
         check: named input batches for :func:`check_parity` (None: no check).
         tolerance: largest allowed ONNX Runtime vs PyTorch difference.
+        precision: the label stored in the metadata (``fp32``, ``sparse-fp32``, ``qat-int8``, ...). A ModelOpt
+            fake-quantized model exports as QDQ (its quantizers' ONNX symbolics; hence the TorchScript exporter).
 
     Returns:
         The written path, and the max abs difference on each named check batch.
@@ -186,7 +211,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, meta: DeployMeta, 
             torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
                               output_names=list(meta.outputs), dynamic_axes=dynamic_axes, do_constant_folding=True)
             proto = onnx.load(str(tmp))
-            set_metadata(proto, dataclasses.replace(meta, precision="fp32", opset=opset))
+            set_metadata(proto, dataclasses.replace(meta, precision=precision, opset=opset))
             onnx.save(proto, str(tmp))
             parity = {what: check_parity(model, tmp, [x], tolerance=tolerance, what=what)
                       for what, x in (check or {}).items()}
@@ -215,6 +240,45 @@ def check_parity(model: nn.Module, onnx_path: str | os.PathLike, inputs: Sequenc
         raise ParityError(f"ONNX export {str(onnx_path)!r} does not match PyTorch on {what} inputs: max abs diff "
                           f"{worst:.3g} > tolerance {tolerance:g}")
     return worst
+
+
+def _as_tuple(out: torch.Tensor | tuple) -> tuple:
+    return out if isinstance(out, tuple) else (out,)
+
+
+def onnx_weight_sparsity(onnx_path: str | os.PathLike) -> dict[str, Any]:
+    """The 2:4 pattern as it landed in an exported file: per Conv/Gemm/MatMul weight, its zeros and the 2:4 check.
+
+    A QDQ weight is followed back through DequantizeLinear/QuantizeLinear to its float initializer (its int8
+    image ``round(w / scale)`` with zero point 0 has the same zeros).
+
+    Returns:
+        ``{"weights": n, "two_of_four": n 2:4 along input channels, "layers": [{"node", "shape", "zeros", "two_of_four"}]}``.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    from edgedistill.training.optimize import is_two_of_four
+
+    graph = onnx.load(str(onnx_path)).graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {out: n for n in graph.node for out in n.output}
+    layers = []
+    for node in graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        name = node.input[1]
+        while name not in inits and name in producer and producer[name].op_type in ("DequantizeLinear", "QuantizeLinear"):
+            name = producer[name].input[0]
+        if name not in inits:
+            continue
+        w = numpy_helper.to_array(inits[name])
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        if w.ndim == 2 and (node.op_type == "MatMul" or (node.op_type == "Gemm" and not trans_b)):
+            w = w.T  # [in, out] -> [out, in]: groups run along the input features
+        layers.append({"node": node.name, "shape": list(w.shape), "zeros": round(float((w == 0).mean()), 4),
+                       "two_of_four": is_two_of_four(w)})
+    return {"weights": len(layers), "two_of_four": sum(e["two_of_four"] for e in layers), "layers": layers}
 
 
 # --------------------------------------------------------------------------- evaluation on real images
@@ -302,6 +366,8 @@ def export_model(
     text_embeddings: torch.Tensor | None = None,
     prompts: list[str] | None = None,
     teacher: Any = None,
+    qat: nn.Module | None = None,
+    qat_tolerance: float = 0.05,
 ) -> dict:
     """Export one model with all requested variants into ``out_dir``; returns (and writes) ``export.json``.
 
@@ -316,7 +382,13 @@ def export_model(
         opset, tolerance: ONNX opset; the largest allowed ONNX-vs-PyTorch difference.
         text_embeddings: class text embeddings [C, D] to store for re-purposing with prompts.
         prompts, teacher: extra prompts, embedded with ``teacher.encode_text``.
+        qat: the fake-quantized ModelOpt twin of ``model`` (a QAT stage): exported as ``model.int8.onnx`` (QDQ) in
+            place of ONNX Runtime's post-training INT8, and needs no calibration images.
+        qat_tolerance: largest allowed QDQ-vs-fake-quant difference, as a fraction of the largest PyTorch output:
+            the two round at different points (``x * (127 / amax)`` vs ``x / (amax / 127)``), so a value at a
+            rounding boundary can land one quantization step apart.
     """
+    int8 = int8 and qat is None
     if int8 and data is None:
         raise ConfigError("--int8 needs real calibration images: give --calib_data (e.g. --calib_data.dataset cifar10)")
     out_dir = Path(out_dir)
@@ -333,9 +405,13 @@ def export_model(
     val = real_images(data, val_split, meta.view) if data is not None and val_split else None
     if val is not None:
         checks["real"] = torch.from_numpy(next(_batches_of(val, 8))[0])
+    optimized = meta.extra.get("optimize") or {}
+    sparse = bool(optimized.get("sparsity"))
     fp32, report["parity"] = export_onnx(model, out_dir / "model.onnx", meta=meta, opset=opset, check=checks,
-                                         tolerance=tolerance)
+                                         tolerance=tolerance, precision="sparse-fp32" if sparse else "fp32")
     report["files"]["fp32"] = fp32.name
+    if optimized:
+        report["optimize"] = {**optimized, "onnx_sparsity": {"model.onnx": onnx_weight_sparsity(fp32)}}
     if text is not None:
         storage.save_npy(out_dir / meta.text["file"], text[1])
     say(f"exported {fp32} (max abs diff vs PyTorch: " + ", ".join(f"{k} {v:.1e}" for k, v in report["parity"].items()) + ")")
@@ -349,6 +425,20 @@ def export_model(
         if "fp32" in report["accuracy"]:
             report["accuracy"]["int8"] = onnx_accuracy(q, val)
         say(f"quantized {q} on {len(calib)} {calib_split} images")
+    if qat is not None:
+        with torch.no_grad():
+            scale = max(max(float(o.abs().max()) for o in _as_tuple(qat(x))) for x in checks.values())
+        qdq, parity = export_onnx(qat, out_dir / "model.int8.onnx", meta=meta, opset=opset, check=checks,
+                                  tolerance=max(tolerance, qat_tolerance * scale),
+                                  precision=optimized.get("precision", "qat-int8"))
+        report["files"]["int8"] = qdq.name
+        report["parity_int8_vs_fake_quant"] = parity
+        report.setdefault("optimize", {"onnx_sparsity": {}})["onnx_sparsity"]["model.int8.onnx"] = \
+            onnx_weight_sparsity(qdq)
+        if "fp32" in report["accuracy"]:
+            report["accuracy"]["int8"] = onnx_accuracy(qdq, val)
+        say(f"exported the QAT model {qdq} (QDQ; max abs diff vs the fake-quantized PyTorch model: "
+            + ", ".join(f"{k} {v:.1e}" for k, v in parity.items()) + f", largest output {scale:.3g})")
     if fp16:
         report["files"]["fp16"] = convert_fp16(fp32, out_dir / "model.fp16.onnx").name
     if report["accuracy"]:
@@ -359,10 +449,10 @@ def export_model(
         say(f"TensorRT unavailable, engine skipped: {why}")
     elif tensorrt:
         for prec, src in (("fp16", fp32), ("int8", out_dir / "model.int8.onnx")):
-            if prec == "int8" and not int8:
+            if prec == "int8" and not (int8 or qat is not None):
                 continue
             eng = build_tensorrt_engine(src, out_dir / f"model.{prec}.engine", image_size=size, fp16=True,
-                                        int8=prec == "int8")
+                                        int8=prec == "int8", sparse=sparse)
             report["files"][f"tensorrt_{prec}"] = eng.name
             say(f"built TensorRT engine {eng}")
     storage.write_json(out_dir / "export.json", report)
@@ -392,9 +482,11 @@ def export_command(
         model: student run directory or ``student.safetensors``; None with ``--teacher`` exports only the teacher.
         out: output folder.
         teacher: a teacher to export (its image tower), and the text encoder for ``--prompts``.
-        int8: also write an INT8 (QDQ, per-channel) model calibrated on real images.
+        int8: also write an INT8 (QDQ, per-channel) model calibrated on real images. A QAT stage of
+            ``edgedistill optimize`` always writes its own INT8 model (QDQ from the fake-quantized student) instead.
         fp16: also write an FP16 model for GPU runtimes.
-        tensorrt: also build TensorRT engines (needs ``tensorrt`` and a GPU; otherwise says why and skips).
+        tensorrt: also build TensorRT engines (needs ``tensorrt`` and a GPU; otherwise says why and skips); INT8 from
+            the QDQ model, with sparse kernels allowed when the model is a 2:4 stage.
         calib_data: dataset for calibration, real-image parity and accuracy; default: the student's training data.
         calib_split: split whose images calibrate INT8.
         calib_size: number of calibration images.
@@ -409,13 +501,15 @@ def export_command(
         raise ConfigError("--int8 of a teacher needs real calibration images: give --calib_data (e.g. --calib_data.dataset cifar10)")
     kwargs = dict(int8=int8, fp16=fp16, tensorrt=tensorrt, calib_split=calib_split, calib_size=calib_size,
                   val_split=val_split, opset=opset, tolerance=tolerance, prompts=prompts)
-    student = None
+    student = qat = None
     if model is not None:  # checked before the teacher is loaded or anything is written
         student = load_student_deploy(model)
+        if (student[1].extra.get("optimize") or {}).get("qat"):  # a QAT stage: its INT8 model is the QAT one
+            qat = load_qat_deploy(model, student[0])
         data = calib_data
         if data is None and isinstance(run_configs(model).get("data"), dict):  # the data it was trained on
             data = from_dict(DataConfig, run_configs(model)["data"], f"{model}/config.yaml: data")
-        if int8 and data is None:
+        if int8 and data is None and qat is None:
             raise ConfigError("--int8 needs real calibration images: give --calib_data (e.g. --calib_data.dataset cifar10)")
     tch = None
     if teacher is not None:
@@ -432,4 +526,4 @@ def export_command(
 
             tch = create_teacher(dataclasses.replace(teacher_config(meta.teacher), runtime="torch"))
         export_model(deploy, meta, Path(out) / "student", data=data, text_embeddings=head_text_embeddings(deploy.head),
-                     teacher=tch, **kwargs)
+                     teacher=tch, qat=qat, **kwargs)
