@@ -20,11 +20,11 @@ import torch
 from PIL import Image
 
 from conftest import TINY, TINY_CLIP, tiny_teacher_cfg
-from edgedistill.cache import ShardedArray, TeacherCache, cache_source, ensure_cache, view_name
+from edgedistill.cache import ShardedArray, TeacherCache, cache_source, ensure_cache, rank_world, view_name
 from edgedistill.config import DataConfig
 from edgedistill.data import ImageFolderSource, apply_aug, eval_transform, sample_aug_params
 from edgedistill.data.splits import BadImageWarning
-from edgedistill.errors import CacheMismatchError
+from edgedistill.errors import CacheMismatchError, EdgeDistillError
 
 TEACHER_CFG = tiny_teacher_cfg()
 N_IMAGES, SHARD = 240, 40  # 6 shards
@@ -234,3 +234,17 @@ def test_two_processes_match_one(tmp_path, images, reference):
                             expected_source=reference.manifest["source"]["identity"])
     _assert_same(two, reference)
     assert {s["rank"] for s in two.manifest["shards"]} == {0, 1}  # both workers computed shards
+
+
+def test_rank_comes_from_torchrun_else_slurm(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    assert rank_world() == (0, 1)
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert rank_world() == (3, 4)  # srun: one task per process
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert rank_world() == (1, 2)  # torchrun inside an allocation wins
+    with pytest.raises(EdgeDistillError, match="rank=5 is out of range for world_size=2"):
+        rank_world(rank=5)

@@ -413,9 +413,12 @@ def _write_manifest(folder: Path, plan: dict) -> dict:
 
 
 def rank_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """This process's (rank, world size): explicit arguments, else torchrun's ``RANK`` / ``WORLD_SIZE``."""
-    world = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
-    r = int(os.environ.get("RANK", 0)) if rank is None else rank
+    """This process's (rank, world size): explicit arguments, else torchrun's ``RANK`` / ``WORLD_SIZE``, else SLURM's
+    ``SLURM_PROCID`` / ``SLURM_NTASKS`` (one ``srun`` task per process)."""
+    env = os.environ
+    launcher = ("RANK", "WORLD_SIZE") if "WORLD_SIZE" in env else ("SLURM_PROCID", "SLURM_NTASKS")
+    world = int(env.get(launcher[1], 1)) if world_size is None else world_size
+    r = int(env.get(launcher[0], 0)) if rank is None else rank
     if not 0 <= r < world:
         raise EdgeDistillError(f"rank={r} is out of range for world_size={world}")
     return r, world
