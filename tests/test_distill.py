@@ -97,6 +97,10 @@ def test_distill_with_labels_end_to_end_and_rerun(tmp_path: Path) -> None:
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
     assert (out / "exports" / "student" / "model.onnx").stat().st_mtime_ns == onnx
     assert again["deploy"] == results["deploy"] and again["students"] == results["students"]
+    # ... and its report keeps the first invocation's time beside its own.
+    assert [i["elapsed_s"] for i in again["invocations"]] == [results["elapsed_s"], again["elapsed_s"]]
+    assert (f"reusing the finished steps of 1 earlier invocation (the first: {results['elapsed_s']:.0f} s"
+            in (out / "report.md").read_text())
 
 
 @pytest.mark.slow

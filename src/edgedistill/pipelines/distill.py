@@ -50,6 +50,17 @@ from edgedistill.errors import ConfigError
 DEMO_CONFIG = "demo.yaml"
 
 
+def _earlier_invocations(path: Path) -> list[dict]:
+    """The invocations recorded by an earlier ``results.json`` in the same folder (a rerun reuses their work)."""
+    if not path.is_file():
+        return []
+    try:
+        prev = storage.read_json(path)
+        return list(prev.get("invocations") or [{"finished": prev["finished"], "elapsed_s": prev["elapsed_s"]}])
+    except Exception:  # noqa: BLE001 - a damaged record of timings loses only the timings
+        return []
+
+
 def demo_config_path() -> Path:
     """The packaged demo configuration (``edgedistill demo``)."""
     return Path(str(resources.files("edgedistill") / "pipelines" / DEMO_CONFIG))
@@ -417,6 +428,8 @@ def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = No
                                       "latency_ms_p50", "latency_ms_p95", "peak_mem_mb", "file_mb")} for r in bench["rows"]],
         "elapsed_s": round(time.time() - t0, 1),
     }
+    results["invocations"] = _earlier_invocations(out / "results.json") + [
+        {"finished": results["finished"], "elapsed_s": results["elapsed_s"]}]
     if retrieval is not None:
         results["retrieval"] = {k: retrieval[k] for k in ("classes", "counts", "kept", "search", "score", "head")}
         results["retrieval"].update(pool_images=retrieval["pool"]["images"], dir=str(out / "retrieve"),

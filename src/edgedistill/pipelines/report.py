@@ -97,6 +97,17 @@ def _story(results: dict) -> list[str]:
     return out
 
 
+def _timing(results: dict) -> str:
+    """How long the run took: this invocation, and the earlier ones whose finished steps it reused."""
+    now = f"{results['elapsed_s']:.0f} s, finished {results['finished']}"
+    earlier = (results.get("invocations") or [])[:-1]
+    if not earlier:
+        return now
+    first = earlier[0]
+    return (f"{now}, reusing the finished steps of {len(earlier)} earlier invocation{'s' if len(earlier) > 1 else ''} "
+            f"(the first: {first['elapsed_s']:.0f} s, finished {first['finished']})")
+
+
 def write_distill_report(results: dict, out_dir: Path) -> Path:
     """``report.md`` of a distill run (the plots it names sit beside it)."""
     m = results["machine"]
@@ -111,7 +122,7 @@ def write_distill_report(results: dict, out_dir: Path) -> Path:
               f"{resolvable_gap(n_val):.1f} points."]
     lines += [f"- {n}" for n in results.get("notes", [])]
     lines += ["", f"Command: `{results['command']}`; {machine}; torch {m.get('torch', '?')}, onnxruntime "
-              f"{m.get('onnxruntime', '?')}; {results['elapsed_s']:.0f} s; finished {results['finished']}.", "",
+              f"{m.get('onnxruntime', '?')}; {_timing(results)}.", "",
               "## Accuracy", "", f"| model | trained on | val acc | {held or 'held-out'} acc | % of teacher |",
               "|---|---|---:|---:|---:|"]
     heads = results["teacher"]["heads"]
