@@ -161,3 +161,16 @@ def test_packaged_demo_config_loads_and_is_the_demo_command():
     from edgedistill.cli import COMMANDS
 
     assert COMMANDS["demo"][0] == "edgedistill.pipelines.distill:demo_command"
+
+
+def test_gpu_budget_applies_only_with_cuda_and_is_noted(monkeypatch):
+    import torch
+
+    cfg = from_dict(DistillConfig, yaml.safe_load(demo_config_path().read_text()), "demo.yaml")
+    for cuda, epochs in ((False, {"scratch": 30, "kd": 6}), (True, {"scratch": 100, "kd": 30})):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+        plan = plan_distill(cfg)
+        got = {row.name: plan.grid.configs(row)[2].epochs for row in plan.grid.runs}
+        assert got == epochs and plan.gpu is cuda
+        noted = [n for n in plan.notes if n.startswith("A CUDA GPU is present, so the GPU budget applies")]
+        assert len(noted) == int(cuda) and (not cuda or '"epochs": 30' in noted[0])

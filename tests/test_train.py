@@ -99,11 +99,19 @@ def test_train_writes_run_directory(folder: Path, tmp_path: Path) -> None:
     assert accuracy("test") == pytest.approx(m["test_acc"], abs=1e-6)  # test read once, with the val-selected student
 
 
+def test_val_every_validates_every_nth_epoch_and_counts_all_epochs(folder: Path, tmp_path: Path) -> None:
+    data, teacher, cfg = _cfgs(folder, tmp_path / "runs", epochs=4, val_every=2)
+    m = storage.read_json(train(data, teacher, cfg) / "metrics.json")
+    assert [h["epoch"] for h in m["history"]] == [1, 3]  # validated after epochs 2 and 4 only
+    assert m["epochs_completed"] == 4 and m["history"][-1]["step"] == 12  # 18 imgs / 6 per batch x 4 epochs
+
+
 def test_existing_run_needs_resume(folder: Path, tmp_path: Path) -> None:
     data, teacher, cfg = _cfgs(folder, tmp_path / "runs", epochs=1, max_steps=1)
     run = train(data, teacher, cfg)
     m = storage.read_json(run / "metrics.json")  # a max_steps stop mid-epoch is still recorded, without val
     assert m["finished"] and m["history"][0]["step"] == 1 and m["history"][0]["val_acc"] is None
+    assert m["history"][0]["epoch"] == 0 and m["epochs_completed"] == 1  # the epoch it stopped in, not the next
     with pytest.raises(ConfigError, match="already holds a checkpoint.*resume"):
         train(data, teacher, cfg)
 

@@ -34,6 +34,7 @@ class RunHistory(Callback):
         self.history: list[dict] = []
         self.elapsed_before = 0.0  # training seconds of earlier (killed) sessions
         self._epoch_start = self._session_start = time.perf_counter()
+        self._epoch = 0
         self._train_s = 0.0
         self._images = self._bad = 0
         self._sums: dict[str, float] = {}
@@ -54,6 +55,7 @@ class RunHistory(Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start, self._train_s, self._images, self._sums = time.perf_counter(), 0.0, 0, {}
+        self._epoch = trainer.current_epoch  # a max_steps stop mid-epoch advances current_epoch before on_train_end
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch is None:
@@ -93,7 +95,7 @@ class RunHistory(Callback):
             m = {k: v for k, v in m.items() if not k.startswith("val/")}
         images = self._images * trainer.world_size
         entry = {
-            "epoch": trainer.current_epoch,
+            "epoch": self._epoch,
             "step": trainer.global_step,
             **{f"train_{k}": v / self._images for k, v in self._sums.items() if self._images},
             "val_acc": m.get("val/acc"),
@@ -124,7 +126,8 @@ class RunHistory(Callback):
             "best_val_acc": best.get("val_acc") if best else None,
             "best_epoch": best["epoch"] if best else None,
             "best_step": best["step"] if best else None,
-            "epochs_completed": len(self.history),
+            # epochs trained, not validations: with val_every N the history holds every Nth epoch
+            "epochs_completed": self.history[-1]["epoch"] + 1 if self.history else 0,
             "elapsed_s": round(self.elapsed(), 3),
             "images_per_s": round(sum(speeds) / len(speeds), 2) if speeds else None,
             "bad_images": self._bad,
