@@ -45,6 +45,29 @@ def _register_tiny() -> None:
 _register_tiny()
 
 
+def fit_briefly(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 10) -> torch.nn.Module:
+    """A few Adam steps so predictions are confident (a random-init model's near-ties flip under any noise).
+
+    One thread: two threads on a shared 2-core machine run about ten times slower. BatchNorm's
+    running statistics are refreshed on the training images before switching to eval mode.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        model.train()
+        for _ in range(steps):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        with torch.no_grad():
+            for _ in range(5):
+                model(x)
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
+
+
 def tiny_teacher_cfg(**kw):
     """A TeacherConfig of the tiny random-init open_clip model (same weights in every process: seeded)."""
     from edgedistill.config import TeacherConfig

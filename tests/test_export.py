@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import IMAGE_FOLDER_COLOURS, tiny_teacher_cfg
+from conftest import IMAGE_FOLDER_COLOURS, fit_briefly, tiny_teacher_cfg
 from edgedistill import storage
 from edgedistill.config import DataConfig
 from edgedistill.data.views import ViewSpec, preprocess
@@ -187,28 +187,7 @@ def _color_dataset(n_per_class=24, seed=0):
 
 
 def _fit(model: nn.Module, data, steps=10):
-    """A few Adam steps so predictions are confident (a random-init model's near-ties flip under any noise).
-
-    One thread: two threads on a shared 2-core machine run about ten times slower. BatchNorm's
-    running statistics are refreshed on the training images before switching to eval mode.
-    """
-    x = torch.stack([d["image"] for d in data])
-    y = torch.tensor([d["label"] for d in data])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        model.train()
-        for _ in range(steps):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-        with torch.no_grad():
-            for _ in range(5):
-                model(x)
-    finally:
-        torch.set_num_threads(threads)
-    return model.eval()
+    return fit_briefly(model, torch.stack([d["image"] for d in data]), torch.tensor([d["label"] for d in data]), steps)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import IMAGE_FOLDER_COLOURS, tiny_teacher_cfg
+from conftest import IMAGE_FOLDER_COLOURS, fit_briefly, tiny_teacher_cfg
 from edgedistill import storage
 from edgedistill.data.views import ViewSpec, preprocess
 from edgedistill.deploy import export as ex
@@ -81,25 +81,6 @@ def _run_child(job: dict) -> tuple[dict, list[str], str]:
     return json.loads(rest.strip().rpartition("@@")[2]), cli_out.strip().splitlines(), proc.stderr
 
 
-def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 10) -> nn.Module:
-    """A few Adam steps (one thread: fast on a busy machine), BatchNorm statistics refreshed, eval mode."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        model.train()
-        for _ in range(steps):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-        with torch.no_grad():
-            for _ in range(5):
-                model(x)
-    finally:
-        torch.set_num_threads(threads)
-    return model.eval()
-
-
 def _colour_image(name: str, rng, size=(40, 28)) -> Image.Image:
     arr = np.array(IMAGE_FOLDER_COLOURS[name]) + rng.integers(-60, 60, (size[1], size[0], 3))
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
@@ -115,7 +96,7 @@ def exported(tmp_path_factory):
     view = ViewSpec(**VIEW)
     train = [(preprocess(_colour_image(c, rng, (32, 32)), view), i) for i in range(3) for c in [CLASSES[i]] * 12]
     torch.manual_seed(0)
-    model = _fit(create_student("test_resnet", 3), torch.from_numpy(np.stack([x for x, _ in train])),
+    model = fit_briefly(create_student("test_resnet", 3), torch.from_numpy(np.stack([x for x, _ in train])),
                  torch.tensor([y for _, y in train]))
     run = d / "run"
     storage.save_safetensors(run / "student.safetensors", model.state_dict())
