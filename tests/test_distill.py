@@ -79,6 +79,8 @@ def test_distill_with_labels_end_to_end_and_rerun(tmp_path: Path) -> None:
         m = json.loads((Path(s["run_dir"]) / "metrics.json").read_text())
         assert (s["val_acc"], s["test_acc"]) == (m["best_val_acc"], m["test_acc"])
     assert r["evaluation"]["n"] == 12 and r["evaluation"]["acc"] == pytest.approx(students["kd"]["test_acc"])
+    assert list(r["step_seconds"]) == ["plan", "cache", "students", "evaluate", "export", "race", "report"]
+    assert sum(r["step_seconds"].values()) <= r["elapsed_s"] + 0.5
     assert {(d["model"], d["precision"]) for d in r["deploy"]} == {
         ("teacher", "fp32"), ("teacher", "int8"), ("student", "fp32"), ("student", "int8"), ("tutorial_teacher", "fp32")}
 

@@ -66,8 +66,28 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("edgedistill") / "pipelines" / DEMO_CONFIG))
 
 
-def _step(k: int, n: int, msg: str) -> None:
-    say(f"\n== {k}/{n} {msg}")
+class _Steps:
+    """The numbered steps of a run: announced as they start, timed for ``results.json``."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.k, self.seconds = total, 0, {}
+        self._name, self._t = None, 0.0
+
+    def start(self, name: str, msg: str) -> None:
+        self._close()
+        self.k += 1
+        say(f"\n== {self.k}/{self.total} {msg}")
+        self._name, self._t = name, time.time()
+
+    def done(self) -> dict[str, float]:
+        """Seconds per step so far (the running one until now)."""
+        self._close()
+        return dict(self.seconds)
+
+    def _close(self) -> None:
+        if self._name is not None:
+            self.seconds[self._name] = round(time.time() - self._t, 1)
+            self._name = None
 
 
 # ----------------------------------------------------------------------------- 1. plan
@@ -253,7 +273,7 @@ def _retrieval_section(record: dict, prompts: str) -> list[str]:
             f"![contact sheet](retrieve/{record['files']['contact_sheet']})", ""]
 
 
-# ----------------------------------------------------------------------------- 2-6. steps
+# ----------------------------------------------------------------------------- the steps
 
 
 def _stamp(paths: list[Path]) -> list:
@@ -350,9 +370,8 @@ def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = No
 
     t0 = time.time()
     out = Path(cfg.out)
-    r = int(bool(cfg.prompts))  # a zero-label run retrieves its training images first
-    steps = 6 + r
-    _step(1, steps, "plan: heads, students and their settings, checked before any work")
+    steps = _Steps(7 + int(bool(cfg.prompts)))  # a zero-label run retrieves its training images first
+    steps.start("plan", "plan: heads, students and their settings, checked before any work")
     plan = plan_distill(cfg)
     for note in plan.notes:
         say(f"note: {note}")
@@ -362,15 +381,17 @@ def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = No
     if plan.retrieval is not None:
         from edgedistill.retrieve import format_counts, run_retrieval
 
-        _step(2, steps, f"retrieve: the pool's images of each prompt class, by the teacher's {plan.heads[0]} head")
+        steps.start("retrieve", f"retrieve: the pool's images of each prompt class, by the teacher's "
+                                f"{plan.heads[0]} head")
         retrieval = run_retrieval(plan.retrieval, num_workers=cfg.train.num_workers, log=say)
         say(format_counts(retrieval))
         if not retrieval["kept"]:
             raise ConfigError("The retrieval kept no images; lower retrieve.min_score / margin or check the prompts "
                               f"({out / 'retrieve' / 'contact_sheet.png'})")
 
-    _step(2 + r, steps, f"teacher cache and heads ({', '.join(plan.heads)}), then the students")
+    steps.start("cache", "teacher outputs and decoded pixels of every image, cached once")
     _cache_everything(plan)
+    steps.start("students", f"teacher heads ({', '.join(plan.heads)}), then the students")
     grid = run_grid_config(plan.grid, source=str(out / "config.yaml"))
     if plan.retrieval is not None and plan.retrieval.kind == "text":
         _score_prompt_head(plan, grid["rows"])
@@ -381,19 +402,19 @@ def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = No
     best = max(distilled, key=lambda r: -1.0 if r["val_acc"] is None else r["val_acc"])  # chosen on val, never test
     best_run = Path(best["run_dir"])
 
-    _step(3 + r, steps, f"the best distilled student ({best['name']}, chosen on validation) on the held-out images")
+    steps.start("evaluate", f"the best distilled student ({best['name']}, chosen on validation) on the held-out images")
     evaluation = None
     if plan.has_test:
         evaluation = evaluate_student(best_run, plan.data, split="test", out=out / "eval")
         storage.write_bytes(out / "confusion_best_student.png", (out / "eval" / evaluation["png"]).read_bytes())
 
-    _step(4 + r, steps, "export: the student (FP32 + INT8) and the teacher to ONNX, parity-checked")
+    steps.start("export", "export: the student (FP32 + INT8) and the teacher to ONNX, parity-checked")
     student_dir, teacher_dir = _export(plan, best_run, out)
 
-    _step(5 + r, steps, "deployment race, one child process per model and setting")
+    steps.start("race", "deployment race, one child process per model and setting")
     bench = _bench(plan, student_dir, teacher_dir, out, tutorial_teacher_config)
 
-    _step(6 + r, steps, "report")
+    steps.start("report", "report")
     from edgedistill.deploy.bench import machine_info
 
     student_export = storage.read_json(student_dir / "export.json")
@@ -427,6 +448,7 @@ def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = No
         "deploy": [{k: r[k] for k in ("model", "arch", "runtime", "precision", "batch", "resolution", "throughput_ips",
                                       "latency_ms_p50", "latency_ms_p95", "peak_mem_mb", "file_mb")} for r in bench["rows"]],
         "elapsed_s": round(time.time() - t0, 1),
+        "step_seconds": steps.done(),  # the report step: until these results were composed
     }
     results["invocations"] = _earlier_invocations(out / "results.json") + [
         {"finished": results["finished"], "elapsed_s": results["elapsed_s"]}]

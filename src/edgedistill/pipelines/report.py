@@ -122,7 +122,11 @@ def write_distill_report(results: dict, out_dir: Path) -> Path:
               f"{resolvable_gap(n_val):.1f} points."]
     lines += [f"- {n}" for n in results.get("notes", [])]
     lines += ["", f"Command: `{results['command']}`; {machine}; torch {m.get('torch', '?')}, onnxruntime "
-              f"{m.get('onnxruntime', '?')}; {_timing(results)}.", "",
+              f"{m.get('onnxruntime', '?')}; {_timing(results)}."]
+    if results.get("step_seconds"):
+        lines += ["", "Seconds per step of this invocation: " + ", ".join(
+            f"{name} {sec:.0f}" for name, sec in results["step_seconds"].items()) + "."]
+    lines += ["",
               "## Accuracy", "", f"| model | trained on | val acc | {held or 'held-out'} acc | % of teacher |",
               "|---|---|---:|---:|---:|"]
     heads = results["teacher"]["heads"]
