@@ -624,3 +624,24 @@ def test_views_and_images_are_torch_free() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_batch_augment_pad_crop_is_a_zero_padded_shift_and_flip():
+    from edgedistill.data.transforms import BatchAugment
+    from edgedistill.data.views import student_view
+
+    augment, S, p = BatchAugment(student_view(8), pad=2), 8, 2
+    pixels = torch.randint(1, 256, (32, S, S, 3), dtype=torch.uint8)  # no zeros: padding shows as 0
+    out = augment(pixels, aug=True, generator=torch.Generator().manual_seed(0))
+    got = (out * augment.std + augment.mean).mul(255).round().to(torch.uint8)  # back to [B, 3, S, S] pixels
+    padded = torch.nn.functional.pad(pixels.permute(0, 3, 1, 2), (p, p, p, p))
+    moves = set()
+    for i in range(len(pixels)):
+        windows = {(r, c, f): padded[i, :, r:r + S, c:c + S].flip(-1) if f else padded[i, :, r:r + S, c:c + S]
+                   for r in range(2 * p + 1) for c in range(2 * p + 1) for f in (0, 1)}
+        found = [k for k, w in windows.items() if torch.equal(w, got[i])]
+        assert found, f"image {i} is not a shifted (and maybe mirrored) window of its zero-padded self"
+        moves.add(found[0])
+    assert len({m[:2] for m in moves}) > 5 and {m[2] for m in moves} == {0, 1}  # varied shifts, both flips
+    plain = augment(pixels, aug=False)  # evaluation: normalisation only
+    assert torch.equal((plain * augment.std + augment.mean).mul(255).round().to(torch.uint8), pixels.permute(0, 3, 1, 2))

@@ -201,17 +201,14 @@ class BatchAugment(torch.nn.Module):
     def __init__(self, view: ViewSpec, scale: tuple[float, float] = CACHED_CROP_SCALE,
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), pad: int = 0) -> None:
         super().__init__()
-        self.scale, self.ratio, self.pad, self.size = tuple(scale), tuple(ratio), pad, view.image_size
+        self.scale, self.ratio, self.pad = tuple(scale), tuple(ratio), pad
         self.register_buffer("mean", torch.tensor(view.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(view.std).view(1, 3, 1, 1), persistent=False)
 
     def boxes(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Random crops ``[n, 5]`` (top, left, height, width, flip) in relative units."""
+        """Random resized crops ``[n, 5]`` (top, left, height, width, flip) in relative units (pad-and-crop draws its
+        shifts in ``_pad_crop``)."""
         u = torch.rand(5, n, device=device, generator=generator)
-        if self.pad:  # whole-pixel shifts in [-pad, pad], as a window of the padded image
-            shift = (torch.floor(u[:2] * (2 * self.pad + 1)) - self.pad) / self.size
-            ones = torch.ones(n, device=device)
-            return torch.stack([shift[0], shift[1], ones, ones, (u[4] < 0.5).float()], dim=1)
         area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[0]
         log_r = math.log(self.ratio[0]) + (math.log(self.ratio[1]) - math.log(self.ratio[0])) * u[1]
         w = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)
