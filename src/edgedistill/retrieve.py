@@ -48,6 +48,7 @@ import numpy as np
 from edgedistill import storage
 from edgedistill.config import DEFAULT_CACHE_DIR, DataConfig, RetrieveConfig, TeacherConfig, asdict
 from edgedistill.console import say
+from edgedistill.deploy.runtime import l2_normalize
 from edgedistill.errors import ConfigError, DataError
 
 FORMAT = 1
@@ -119,10 +120,6 @@ class PoolRows:
 # ----------------------------------------------------------------------------- scores
 
 
-def _normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 @dataclass
 class Scorer:
     """The zero-shot head as ``[n, F] -> [n, C]`` scores: cosine to each class (text) or class probability (label map).
@@ -138,7 +135,7 @@ class Scorer:
 
     def __post_init__(self) -> None:
         if self.kind == "text":
-            self._text = _normalize(self.head.text_embeddings.detach().float().cpu().numpy())  # [C, D]
+            self._text = l2_normalize(self.head.text_embeddings.detach().float().cpu().numpy())  # [C, D]
 
     @property
     def array(self) -> str:
@@ -151,7 +148,7 @@ class Scorer:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.kind == "text":
-            return _normalize(x) @ self._text.T  # [n, C] cosines
+            return l2_normalize(x) @ self._text.T  # [n, C] cosines
         import torch
 
         with torch.no_grad():
@@ -215,7 +212,7 @@ def faiss_index(cache, log: Callable[[str], None] = say):
     for part in cache.embedding.parts:
         n = len(part)
         valid = cache.valid[start:start + n]
-        x = _normalize(np.asarray(part, dtype=np.float32))[valid]
+        x = l2_normalize(np.asarray(part, dtype=np.float32))[valid]
         index.add_with_ids(np.ascontiguousarray(x), np.flatnonzero(valid).astype(np.int64) + start)
         start += n
     with storage.atomic_path(path) as tmp:
@@ -521,7 +518,7 @@ def run_retrieval(plan: RetrievalPlan, *, num_workers: int = 2, log: Callable[[s
         order = np.lexsort((ids, -s[:, c]))[:k]  # rank order: score, then pool order (ties broken the same way)
         emb = None
         if cfg.dedup is not None:
-            emb = _normalize(x[order] if scorer.array == "embedding" else pool.rows("embedding", ids[order]))
+            emb = l2_normalize(x[order] if scorer.array == "embedding" else pool.rows("embedding", ids[order]))
         rows, drops = select_class(c, names, ids[order], s[order], emb, cfg)
         kept.append(rows)
         per_class[names[c]] = {"candidates": int(len(order)), "drops": dict(drops)}
