@@ -267,9 +267,10 @@ class UnlabeledImages(Source):
     Args:
         path: A folder or a ``.tar`` file.
         key: Source key, e.g. ``"demo/unlabeled"``.
+        listing: The folder's ``list_images`` when the caller has already walked it (a pool can be large).
     """
 
-    def __init__(self, path: str | os.PathLike, key: str) -> None:
+    def __init__(self, path: str | os.PathLike, key: str, listing: Listing | None = None) -> None:
         self.path = Path(path).expanduser().resolve()
         self.key = key
         self.classes = []
@@ -278,7 +279,7 @@ class UnlabeledImages(Source):
         self._identity: dict | None = None
         if self.path.is_dir():
             self.is_tar = False
-            listing = list_images(self.path)
+            listing = list_images(self.path) if listing is None else listing
             if listing.unreadable:
                 raise DataError(f"Unlabeled images {self.path}: cannot read folder {listing.unreadable[0]} (permissions?)")
             _report_skipped(listing, self.path)
@@ -333,6 +334,20 @@ class UnlabeledImages(Source):
         return self._identity
 
 
+def safe_name(name: str, default: str) -> str:
+    """``name`` with every run of characters other than letters, digits and ``_.-`` made ``_`` (keys name cache
+    folders); ``default`` when nothing is left."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or default
+
+
+def unique_key(base: str, taken: set[str]) -> str:
+    """``base``, else ``base-2``, ``base-3``, ...: the first not in ``taken``."""
+    key, n = base, 2
+    while key in taken:
+        key, n = f"{base}-{n}", n + 1
+    return key
+
+
 def pool_sources(paths: list[str], prefix: str = "pool") -> list[Source]:
     """An unlabeled pool as sources: each folder's images (searched recursively) and each ``.tar`` in or given.
 
@@ -346,11 +361,8 @@ def pool_sources(paths: list[str], prefix: str = "pool") -> list[Source]:
     out: list[Source] = []
 
     def key(*names: str) -> str:  # a shard's key is a sibling of its folder's ("pool/shards~000123"), not inside it
-        k = f"{prefix}/" + "~".join(re.sub(r"[^A-Za-z0-9_.-]+", "_", n.removesuffix(".tar")) or "images" for n in names)
-        base, n = k, 2
-        while any(s.key == k for s in out):
-            k, n = f"{base}-{n}", n + 1
-        return k
+        return unique_key(f"{prefix}/" + "~".join(safe_name(n.removesuffix(".tar"), "images") for n in names),
+                          {s.key for s in out})
 
     for path in paths:
         p = Path(path).expanduser()
@@ -359,13 +371,13 @@ def pool_sources(paths: list[str], prefix: str = "pool") -> list[Source]:
             continue
         if not p.is_dir():
             raise DataError(f"Pool path {str(path)!r} does not exist (expected a folder, a .tar or a folder of .tar shards)")
-        listing = list_images(p)
+        listing = list_images(p.resolve())  # the walk UnlabeledImages takes (it lists the resolved folder)
         require_images(listing, p, "Pool folder")
         tars = sorted(t for t in p.rglob("*.tar") if t.is_file() and not t.name.startswith("."))
         if not listing.files and not tars:
             raise DataError(f"Pool folder {str(path)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}) and no .tar shards")
         if listing.files:
-            out.append(UnlabeledImages(p, key(p.name)))
+            out.append(UnlabeledImages(p, key(p.name), listing))
         out += [UnlabeledImages(t, key(p.name, t.relative_to(p).as_posix())) for t in tars]
     return out
 

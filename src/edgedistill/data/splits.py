@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +38,8 @@ from edgedistill.data.sources import (
     find_fashion_mnist,
     find_stl10_dir,
     pool_sources,
+    safe_name,
+    unique_key,
 )
 from edgedistill.errors import DataError
 
@@ -306,7 +307,7 @@ def _imagefolder(cfg: DataConfig) -> tuple[Path, list[Source], list[Source], lis
     root = Path(cfg.root).expanduser().resolve()
     if not root.is_dir():
         raise DataError(f"data.root={cfg.root!r} is not a folder")
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", root.name) or "imagefolder"  # key names a cache folder
+    name = safe_name(root.name, "imagefolder")  # key names a cache folder
     if (root / "train").is_dir():
         train = ImageFolderSource(root / "train", f"{name}/train")
         held = next((root / s for s in ("test", "val") if (root / s).is_dir()), None)
@@ -326,7 +327,7 @@ def _held_out(cfg: DataConfig, classes: list[str]) -> list[Source]:
     if cfg.held_out is None:
         return []
     root = Path(cfg.held_out).expanduser()
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", root.resolve().name) or "held_out"
+    name = safe_name(root.resolve().name, "held_out")
     return [ImageFolderSource(root, f"held_out/{name}", classes)]
 
 
@@ -373,11 +374,8 @@ def build_splits(cfg: DataConfig) -> DataSplits:
     """
     root, labeled, test, unlabeled = _OPENERS[cfg.dataset](cfg)
     for path in cfg.unlabeled if cfg.dataset not in ("pool", "manifest") else []:  # a pool's own paths are opened
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).name.removesuffix(".tar")) or "images"
-        key, k = f"extra/{stem}", 2
-        while any(s.key == key for s in unlabeled):
-            key, k = f"extra/{stem}-{k}", k + 1
-        unlabeled.append(UnlabeledImages(path, key))
+        stem = safe_name(Path(path).name.removesuffix(".tar"), "images")
+        unlabeled.append(UnlabeledImages(path, unique_key(f"extra/{stem}", {s.key for s in unlabeled})))
     sources = {s.key: s for s in labeled + test + unlabeled}
     classes = labeled[0].classes if labeled else _prompt_classes(cfg)  # a pool has no labeled source
 
