@@ -48,12 +48,13 @@ def warn_once(message: str, category: type[Warning] = UserWarning) -> None:
 
 
 @contextlib.contextmanager
-def root_log_at_least(level: int = logging.ERROR) -> Iterator[None]:
-    """Hold back lower records of libraries that log through the root logger (ONNX Runtime's quantizer, open_clip)."""
-    root = logging.getLogger()
-    old = root.level
-    root.setLevel(max(level, old))
+def log_at_least(level: int = logging.ERROR, name: str | None = None) -> Iterator[None]:
+    """Hold back lower records of a library's logger (``name``; None: the root logger, through which ONNX Runtime's
+    quantizer and open_clip log)."""
+    logger = logging.getLogger(name)
+    old = logger.level
+    logger.setLevel(max(level, old))
     try:
         yield
     finally:
-        root.setLevel(old)
+        logger.setLevel(old)

@@ -149,3 +149,8 @@ def _json_default(obj: Any) -> Any:
 def jsonable(obj: Any) -> Any:
     """``obj`` as it reads back from JSON (tuples -> lists, numpy -> Python), for comparisons."""
     return json.loads(json.dumps(obj, default=_json_default))
+
+
+def run_dir_of(path: str | os.PathLike) -> Path:
+    """The run (or optimize stage) folder of ``path``: the folder itself, or the folder of a file in it."""
+    return Path(path) if Path(path).is_dir() else Path(path).parent

@@ -506,11 +506,11 @@ def _open_clip_tower(name: str, config: dict | None = None):
 
     from edgedistill.teachers.openclip import register_model_config
 
-    from edgedistill.console import root_log_at_least
+    from edgedistill.console import log_at_least
 
     if config:
         register_model_config(name, config)
-    with root_log_at_least():  # "no pretrained weights loaded": random weights are the point here
+    with log_at_least():  # "no pretrained weights loaded": random weights are the point here
         return open_clip.create_model(name, pretrained=None).visual.eval()
 
 

@@ -91,7 +91,7 @@ def run_configs(path: str | os.PathLike) -> dict:
     """The resolved configs (``data``, ``teacher``, ``train``) of a training run's ``config.yaml``, or {}."""
     import yaml
 
-    run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+    run_dir = storage.run_dir_of(path)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         return {}
@@ -114,7 +114,7 @@ def load_student_deploy(path: str | os.PathLike) -> tuple[DeployModel, DeployMet
     from edgedistill.students import load_student
 
     model, manifest = load_student(path)
-    run_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+    run_dir = storage.run_dir_of(path)
     head = load_head(run_dir) if manifest.target == "embedding" and (run_dir / "head.json").is_file() else None
     outputs = ["logits", "embedding"] if head is not None else (["embedding"] if manifest.target == "embedding" else ["logits"])
     teacher = run_configs(path).get("teacher") or manifest.teacher  # config.yaml has the full TeacherConfig

@@ -16,7 +16,7 @@ from typing import Iterable
 import numpy as np
 
 from edgedistill import storage
-from edgedistill.console import root_log_at_least, say
+from edgedistill.console import log_at_least, say
 from edgedistill.deploy.runtime import INPUT_NAME, ort_session, read_metadata
 from edgedistill.errors import EdgeDistillError
 
@@ -88,7 +88,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
     reader = type("Reader", (ArrayCalibrationReader, CalibrationDataReader), {})(calib_batches, input_name)
     pre = out_path.with_name(f".{out_path.stem}.pre.onnx")
     try:
-        with warnings.catch_warnings(), root_log_at_least():  # per-node notes of the quantizer: not the user's concern
+        with warnings.catch_warnings(), log_at_least():  # per-node notes of the quantizer: not the user's concern
             warnings.simplefilter("ignore")
             # auto_merge: symbolic shape inference cannot otherwise prove that the dynamic
             # height/width of a CNN stay consistent through strided convolutions.
@@ -98,7 +98,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
                 # ONNX's own shape inference is enough for quantization; only the symbolic pass is skipped.
                 say(f"symbolic shape inference failed ({type(e).__name__}); quantizing with ONNX shape inference only")
                 quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
-        with storage.atomic_path(out_path) as tmp, root_log_at_least():
+        with storage.atomic_path(out_path) as tmp, log_at_least():
             exclude = _input_convs(onnx.load(str(pre))) if keep_stem_fp32 else []
             quantize_static(str(pre), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)

@@ -65,7 +65,7 @@ from edgedistill.config import (
     from_dict,
     replace,
 )
-from edgedistill.console import say
+from edgedistill.console import log_at_least, say
 from edgedistill.errors import ConfigError, EdgeDistillError
 
 OPTIMIZE_FORMAT = 1
@@ -89,15 +89,12 @@ def modelopt_quiet(log: list[str] | None = None) -> Iterator[None]:
     sparse mask" line per layer) and warnings (a skipped layer, no CUDA runtime, no transformers) are
     appended to ``log`` (the caller reports what matters in its own words)."""
     out = io.StringIO()
-    torch_log = logging.getLogger("torch.utils.cpp_extension")
-    level = torch_log.level
-    torch_log.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(out), warnings.catch_warnings(record=True) as caught:
+        with (contextlib.redirect_stdout(out), warnings.catch_warnings(record=True) as caught,
+              log_at_least(logging.ERROR, "torch.utils.cpp_extension")):
             warnings.simplefilter("always")
             yield
     finally:
-        torch_log.setLevel(level)
         if log is not None:
             log.extend(line for line in out.getvalue().splitlines() if line.strip())
             log.extend(str(w.message) for w in caught)
@@ -336,7 +333,7 @@ def plain_weights(model: nn.Module, reference: nn.Module) -> dict[str, Tensor]:
 
 def is_optimized_run(path: str | Path) -> bool:
     """Whether ``path`` (a folder or a file in it) is a finished or started optimize stage."""
-    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    folder = storage.run_dir_of(path)
     return (folder / "optimize.json").is_file()
 
 
@@ -346,7 +343,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     Raises:
         EdgeDistillError: the stage never finished (no recipe.json).
     """
-    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    folder = storage.run_dir_of(path)
     if not (folder / "recipe.json").is_file():
         raise EdgeDistillError(f"{str(folder)!r} is an optimize stage that has not finished (no recipe.json); "
                                "run 'edgedistill optimize ... --resume true' to finish it")
@@ -361,7 +358,7 @@ def load_optimized_student(path: str | Path) -> tuple[nn.Module, Any, dict[str, 
     """
     from edgedistill.students import StudentManifest, create_student, load_student
 
-    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    folder = storage.run_dir_of(path)
     recipe = read_recipe(folder)
     if not recipe["qat"]:
         model, manifest = load_student(folder)
