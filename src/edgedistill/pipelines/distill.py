@@ -461,11 +461,7 @@ def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = No
     for png in ("accuracy.png", "accuracy_vs_unlabeled.png"):
         storage.write_bytes(out / png, (Path(plan.grid.out_dir) / png).read_bytes())
     storage.write_bytes(out / "bench.png", (out / "bench" / "bench.png").read_bytes())
-    report = write_distill_report(results, out)
-    if retrieval is not None:  # the retrieval's account goes before the accuracy table
-        text = report.read_text()
-        section = "\n".join(_retrieval_section(retrieval, cfg.prompts))
-        storage.write_text(report, text.replace("## Accuracy\n", section + "\n## Accuracy\n", 1))
+    report = write_distill_report(results, out, _retrieval_section(retrieval, cfg.prompts) if retrieval else None)
     print(summary_table(results))
     print(f"report: {report}")
     print(f"deployed student: {student_dir} (edgedistill predict {student_dir} IMAGES...)")

@@ -108,8 +108,9 @@ def _timing(results: dict) -> str:
             f"(the first: {first['elapsed_s']:.0f} s, finished {first['finished']})")
 
 
-def write_distill_report(results: dict, out_dir: Path) -> Path:
-    """``report.md`` of a distill run (the plots it names sit beside it)."""
+def write_distill_report(results: dict, out_dir: Path, before_accuracy: list[str] | None = None) -> Path:
+    """``report.md`` of a distill run (the plots it names sit beside it); ``before_accuracy``: lines of a section that
+    goes before the accuracy table (a zero-label run's retrieval)."""
     m = results["machine"]
     machine = f"{m.get('cpu') or '?'}, {m.get('cores')} cores" + (f", {m['gpu']}" if m.get("gpu") else "")
     held = results["data"]["held_out"]
@@ -126,7 +127,7 @@ def write_distill_report(results: dict, out_dir: Path) -> Path:
     if results.get("step_seconds"):
         lines += ["", "Seconds per step of this invocation: " + ", ".join(
             f"{name} {sec:.0f}" for name, sec in results["step_seconds"].items()) + "."]
-    lines += ["",
+    lines += [""] + (before_accuracy or []) + [
               "## Accuracy", "", f"| model | trained on | val acc | {held or 'held-out'} acc | % of teacher |",
               "|---|---|---:|---:|---:|"]
     heads = results["teacher"]["heads"]
