@@ -143,29 +143,40 @@ def plan_distill(cfg: DistillConfig) -> DistillPlan:
     if not has_labels:
         notes.append("The training images have no labels here: no linear probe and no from-labels baseline; the "
                       f"students distil the {zero_shot} head.")
+    shared.train.update(eval_test=has_test, out_dir=str(Path(cfg.out) / "runs"), cache_dir=cfg.cache_dir)
+    grid = _student_grid(cfg, shared, cfg.students, heads, has_labels, gpu, notes, cfg.heads.label_map,
+                         only=f"this run has only {heads or 'no heads'}; set its train.head to one of them")
+    if not has_test:
+        notes.append(f"Dataset {data.dataset!r} has no held-out test split: the numbers are validation accuracy.")
+    return DistillPlan(cfg, data, teacher, grid, heads, has_labels, has_test, gpu, notes)
+
+
+def _student_grid(cfg: DistillConfig, shared: GridSections, students: list[StudentRow], heads: list[str],
+                  has_labels: bool, gpu: bool, notes: list[str], label_map: str | None, only: str) -> GridConfig:
+    """The students as a grid over ``shared``, every row's config checked: learners from labels skipped (noted) when
+    there are none, a student of a head this run lacks refused (``only`` says what the run has), the GPU budget in.
+
+    Raises:
+        ConfigError: a student of a missing head, or no distilled student.
+    """
     for key in ("name", "resume"):  # each student is its own run, named by its row; finished runs are found again
         shared.train.pop(key, None)
-    shared.train.update(eval_test=has_test, out_dir=str(Path(cfg.out) / "runs"), cache_dir=cfg.cache_dir)
     rows = []
-    for r in cfg.students:
+    for r in students:
         train = {**shared.train, **r.train}
         if train.get("target", "labels") == "labels" and not has_labels:
             notes.append(f"Student {r.name!r} learns from labels and was skipped: there are no training labels.")
             continue
         if train.get("target", "labels") != "labels" and train.get("head", "linear") not in heads:
-            raise ConfigError(f"Student {r.name!r} distils the {train.get('head', 'linear')!r} head, but this run has "
-                              f"only {heads or 'no heads'}; set its train.head to one of them")
+            raise ConfigError(f"Student {r.name!r} distils the {train.get('head', 'linear')!r} head, but {only}")
         rows.append(GridRow(name=r.name, train={**r.train, **(r.gpu if gpu else {})}, data=r.data, note=r.note or None))
     if not any({**shared.train, **r.train}.get("target", "labels") != "labels" for r in rows):
         raise ConfigError("distill needs at least one distilled student (train.target logits or embedding)")
     grid = GridConfig(runs=rows, name=cfg.name, out_dir=str(Path(cfg.out) / "runs"), cache_dir=cfg.cache_dir,
-                      defaults=shared, teacher=GridTeacher(heads=heads, templates=cfg.heads.templates,
-                                                          label_map=cfg.heads.label_map))
+                      defaults=shared, teacher=GridTeacher(heads=heads, templates=cfg.heads.templates, label_map=label_map))
     for row in grid.runs:
         grid.configs(row)  # every student's full config is valid before the teacher runs on one image
-    if not has_test:
-        notes.append(f"Dataset {data.dataset!r} has no held-out test split: the numbers are validation accuracy.")
-    return DistillPlan(cfg, data, teacher, grid, heads, has_labels, has_test, gpu, notes)
+    return grid
 
 
 def zero_label_students(kind: str) -> list[StudentRow]:
@@ -212,27 +223,11 @@ def _plan_from_prompts(cfg: DistillConfig, shared: GridSections, user: DataConfi
         students = zero_label_students(rplan.kind)
         notes.append(f"Students: the zero-label defaults ({', '.join(r.name for r in students)}).")
     shared = GridSections(data=asdict(data), teacher=shared.teacher, train=dict(shared.train))
-    for key in ("name", "resume"):
-        shared.train.pop(key, None)
     shared.train.update(eval_test=has_test, out_dir=str(out / "runs"), cache_dir=cfg.cache_dir,
                         head_path=str(rdir / "head"))  # the head the retrieval saved: names, synonyms, templates
-    rows = []
-    for r in students:
-        train = {**shared.train, **r.train}
-        if train.get("target", "labels") == "labels":
-            notes.append(f"Student {r.name!r} learns from labels and was skipped: there are no training labels.")
-            continue
-        if train.get("head", "linear") != zero_shot:
-            raise ConfigError(f"Student {r.name!r} distils the {train.get('head', 'linear')!r} head, but a zero-label "
-                              f"run has only the {zero_shot!r} head; set its train.head to {zero_shot!r}")
-        rows.append(GridRow(name=r.name, train={**r.train, **(r.gpu if gpu else {})}, data=r.data, note=r.note or None))
-    if not rows:
-        raise ConfigError("distill needs at least one distilled student (train.target logits or embedding)")
-    grid = GridConfig(runs=rows, name=cfg.name, out_dir=str(out / "runs"), cache_dir=cfg.cache_dir, defaults=shared,
-                      teacher=GridTeacher(heads=[zero_shot], templates=cfg.heads.templates,
-                                          label_map=str(rdir / "label_map.json") if zero_shot == "label_map" else None))
-    for row in grid.runs:
-        grid.configs(row)  # every student's full config is valid before the teacher runs on one image
+    label_map = str(rdir / "label_map.json") if zero_shot == "label_map" else None
+    grid = _student_grid(cfg, shared, students, [zero_shot], False, gpu, notes, label_map,
+                         only=f"a zero-label run has only the {zero_shot!r} head; set its train.head to {zero_shot!r}")
     done = finished_retrieval(rdir)
     if done is not None and done.get("key") != rplan.key and any((out / "runs").glob("*/metrics.json")):
         raise ConfigError(f"{str(out)!r} holds students trained on another retrieval (the prompts, pool, teacher or "
