@@ -62,6 +62,10 @@ class StudentManifest:
     def save(self, path: str | os.PathLike) -> None:
         storage.write_json(path, asdict(self))
 
+    def create(self) -> nn.Module:
+        """A fresh student of this manifest's architecture (weights to be loaded into it)."""
+        return create_student(self.arch, self.num_outputs, small_input=self.small_input, kwargs=self.kwargs)
+
     @classmethod
     def load(cls, path: str | os.PathLike) -> StudentManifest:
         """Read and validate ``student.json``; a damaged or foreign file raises one line naming it."""
@@ -191,7 +195,7 @@ def load_student(path: str | os.PathLike) -> tuple[nn.Module, StudentManifest]:
         if not f.is_file():
             raise EdgeDistillError(f"Student file {str(f)!r} does not exist; a student needs student.safetensors + student.json")
     manifest = StudentManifest.load(manifest_path)
-    model = create_student(manifest.arch, manifest.num_outputs, small_input=manifest.small_input, kwargs=manifest.kwargs)
+    model = manifest.create()
     state = storage.load_safetensors(weights)
     try:
         model.load_state_dict(state)

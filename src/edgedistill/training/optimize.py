@@ -356,7 +356,7 @@ def load_optimized_student(path: str | Path) -> tuple[nn.Module, Any, dict[str, 
     QAT recipes: the fake-quantized ModelOpt model (needs ``nvidia-modelopt``); 2:4 alone: the plain
     timm student with the zeros in its weights (no ModelOpt needed).
     """
-    from edgedistill.students import StudentManifest, create_student, load_student
+    from edgedistill.students import StudentManifest, load_student
 
     folder = storage.run_dir_of(path)
     recipe = read_recipe(folder)
@@ -365,12 +365,7 @@ def load_optimized_student(path: str | Path) -> tuple[nn.Module, Any, dict[str, 
         return model, manifest, recipe
     mo = require_modelopt(f"Loading the QAT student of {str(folder)!r}")
     manifest = StudentManifest.load(folder / "student.json")
-
-    def build() -> nn.Module:
-        return prepare_student(create_student(manifest.arch, manifest.num_outputs, small_input=manifest.small_input,
-                                              kwargs=manifest.kwargs))
-
-    return load_modelopt(build, mo, folder).eval(), manifest, recipe
+    return load_modelopt(lambda: prepare_student(manifest.create()), mo, folder).eval(), manifest, recipe
 
 
 # ----------------------------------------------------------------------------- the fine-tune
@@ -462,7 +457,7 @@ def _stage_state(stage_dir: Path, settings: dict, data: DataConfig, teacher: Tea
                           "ones or move the folder away to start over")
     if finished:
         return "finished"
-    has_ckpt = any((stage_dir / "checkpoints").glob("*.ckpt")) if (stage_dir / "checkpoints").is_dir() else False
+    has_ckpt = any((stage_dir / "checkpoints").glob("*.ckpt"))  # a missing folder globs to nothing
     if has_ckpt and not ft.resume:
         raise ConfigError(f"{str(stage_dir)!r} holds an unfinished fine-tune; pass --resume true to continue it, or "
                           "move the folder away to start over")
@@ -471,17 +466,12 @@ def _stage_state(stage_dir: Path, settings: dict, data: DataConfig, teacher: Tea
 
 def _start_student(base: Path, parent: Path, mo: SimpleNamespace) -> nn.Module:
     """The student a stage starts from: the trained run's (plain), or the sparse stage's (ModelOpt, masks active)."""
-    from edgedistill.students import StudentManifest, create_student, load_student
+    from edgedistill.students import StudentManifest, load_student
 
     if base == parent:
         return prepare_student(load_student(base)[0])
     manifest = StudentManifest.load(base / "student.json")
-
-    def build() -> nn.Module:
-        return prepare_student(create_student(manifest.arch, manifest.num_outputs, small_input=manifest.small_input,
-                                              kwargs=manifest.kwargs))
-
-    return load_modelopt(build, mo, base)
+    return load_modelopt(lambda: prepare_student(manifest.create()), mo, base)
 
 
 def _run_stage(parent: Path, configs: tuple, stage: str, base: Path, opt: OptimizeConfig, mo: SimpleNamespace, *,
@@ -489,7 +479,7 @@ def _run_stage(parent: Path, configs: tuple, stage: str, base: Path, opt: Optimi
     """Fine-tune one stage (resumable, atomic); returns its folder. A finished stage with the same settings is reused."""
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-    from edgedistill.students import StudentManifest, create_student
+    from edgedistill.students import StudentManifest
     from edgedistill.training.checkpoints import load_checkpoint
     from edgedistill.training.fit import build_run, finalize_run, fit_run, lightning_quiet, record_of
 
@@ -513,8 +503,7 @@ def _run_stage(parent: Path, configs: tuple, stage: str, base: Path, opt: Optimi
     if setup.resume_from is not None and (start / "modelopt_state.json").is_file():
         # The checkpoint holds every tensor (weights, masks, ranges); the start state gives the structure they fit.
         manifest = StudentManifest.load(parent / "student.json")
-        student = load_modelopt(lambda: prepare_student(create_student(
-            manifest.arch, manifest.num_outputs, small_input=manifest.small_input, kwargs=manifest.kwargs)), mo, start)
+        student = load_modelopt(lambda: prepare_student(manifest.create()), mo, start)
         say(f"[optimize] {stage}: resuming from {setup.resume_from.name}")
     else:
         student = _start_student(base, parent, mo)
@@ -548,8 +537,7 @@ def _run_stage(parent: Path, configs: tuple, stage: str, base: Path, opt: Optimi
     student.load_state_dict({k.removeprefix("student."): v for k, v in best.items() if k.startswith("student.")})
     student = student.cpu().eval()
     manifest = StudentManifest.load(stage_dir / "student.json")
-    reference = create_student(manifest.arch, manifest.num_outputs, small_input=manifest.small_input,
-                               kwargs=manifest.kwargs)
+    reference = manifest.create()
     save_modelopt(student, mo, stage_dir)
     # finalize_run wrote the ModelOpt tensors as student.safetensors; the plain student takes their place.
     storage.save_safetensors(stage_dir / "student.safetensors", plain_weights(student, reference),
