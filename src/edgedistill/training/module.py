@@ -186,10 +186,14 @@ class DistillModule(L.LightningModule):
             "schedule": schedule,
         }
         self.batch_augment, self.aug, self.seed, self.channels_last = batch_augment, aug, seed, channels_last
-        if channels_last:
-            self.student.to(memory_format=torch.channels_last)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
+
+    def configure_model(self) -> None:
+        """NHWC weights when asked, set as fit starts (before DDP and the optimizer see them), so a student swapped in
+        after construction (``optimize`` wraps the trained one) gets the layout its batches come in."""
+        if self.channels_last:
+            self.student.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True) -> DistillModule:
         super().train(mode)
