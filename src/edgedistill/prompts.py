@@ -19,6 +19,7 @@ Parsing is torch-free; :func:`prompt_head` imports the heads when called.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import numpy as np
 
 from edgedistill.errors import ConfigError
 
-_WNID = re.compile(r"n\d{8}")
+WNID_PATTERN = re.compile(r"n\d{8}")  # a WordNet id, e.g. n02419796
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,9 @@ class ClassPrompt:
         return (self.name, *self.synonyms)
 
 
-def _key(text: str) -> str:
-    """Names compare case-insensitively, with ``_``/``-`` as spaces."""
+@functools.cache  # label maps compare every WordNet lemma with it
+def normalise_name(text: str) -> str:
+    """Names compare case-insensitively, with ``_``/``-`` as spaces and single spaces: 'T-shirt' -> 't shirt'."""
     return " ".join(re.sub(r"[-_]", " ", text.lower()).split())
 
 
@@ -83,13 +85,13 @@ def parse_prompts(text: str, where: str = "prompts") -> list[ClassPrompt]:
             raise ConfigError(f"{where}:{n}: {raw.strip()!r} has an empty synonym; write 'name: synonym, synonym' "
                               "(or the name alone)")
         for term in (name, *synonyms):
-            key = _key(term)
+            key = normalise_name(term)
             if key in owner:
                 cls, m = owner[key]
                 raise ConfigError(f"{where}:{n}: {term!r} is already given on line {m} (class {cls!r}); every class "
                                   "and synonym must appear once")
             owner[key] = (name, n)
-        if _WNID.fullmatch(name):
+        if WNID_PATTERN.fullmatch(name):
             raise ConfigError(f"{where}:{n}: class name {name!r} is a WordNet id; name the class and give the id as a "
                               f"synonym ('deer: {name}')")
         classes.append(ClassPrompt(name, synonyms, n))
@@ -162,7 +164,7 @@ def prompt_head(
 
     names = class_names(prompts)
     if kind == "text":
-        terms = [[t for t in c.terms if not _WNID.fullmatch(t)] for c in prompts]  # ids are for label maps
+        terms = [[t for t in c.terms if not WNID_PATTERN.fullmatch(t)] for c in prompts]  # ids are for label maps
         per_term = build_text_head(teacher, [t for ts in terms for t in ts], templates).text_embeddings  # [T, D]
         bounds = np.cumsum([0] + [len(ts) for ts in terms])
         rows = [F.normalize(per_term[a:b].mean(0), dim=-1) for a, b in zip(bounds[:-1], bounds[1:])]  # C x [D]

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from edgedistill import storage
 from edgedistill.errors import ConfigError
+from edgedistill.prompts import WNID_PATTERN, normalise_name
 
 DEFAULT_LABEL_MAPS = {"cifar10": "cifar10", "demo": "cifar10", "stl10": "stl10"}
 """Dataset -> its shipped label map (the one home of this fact)."""
@@ -156,7 +157,6 @@ def with_other(head: LabelMapHead) -> LabelMapHead:
 #  6. lemmas that only contain the term ("river horse", "hot dog") never match: they are review candidates;
 #  7. a class claimed by several names goes to the smallest distance; a tie drops it from all of them.
 
-WNID_PATTERN = re.compile(r"n\d{8}")
 _IRREGULAR_PLURALS = {"man": "men", "woman": "women", "child": "children", "foot": "feet", "tooth": "teeth",
                       "goose": "geese", "mouse": "mice", "ox": "oxen", "person": "people", "louse": "lice"}
 _UNCOUNTED = frozenset({"sheep", "deer", "fish", "bison", "moose", "aircraft", "salmon", "trout", "swine"})
@@ -169,15 +169,9 @@ def imagenet_hierarchy() -> dict[str, Any]:
     return json.loads((resources.files("edgedistill") / "label_maps" / HIERARCHY_FILE).read_text(encoding="utf-8"))
 
 
-@functools.lru_cache(maxsize=None)
-def _normalise(text: str) -> str:
-    """Lower case, hyphens/underscores as spaces, single spaces: 'T-shirt' -> 't shirt'."""
-    return " ".join(re.sub(r"[-_]", " ", text.lower()).split())
-
-
 def _number_variants(term: str) -> set[str]:
     """The normalised term plus the singular/plural forms of its last word (spurious forms never match a lemma)."""
-    words = _normalise(term).split()
+    words = normalise_name(term).split()
     if not words:
         return set()
     head, forms = words[-1], {words[-1]}
@@ -238,11 +232,11 @@ def _match_term(term: str, origin: str, max_sense: int) -> tuple[dict[int, tuple
     def hit(wnid: str, synset: Mapping[str, Any]) -> tuple[str, int] | None:
         if pinned:
             return (f"synset {wnid}", 0) if wnid == pinned else None
-        hits = [(lemma, sense) for lemma, sense in zip(synset["lemmas"], synset["senses"]) if _normalise(lemma) in forms]
+        hits = [(lemma, sense) for lemma, sense in zip(synset["lemmas"], synset["senses"]) if normalise_name(lemma) in forms]
         return min(hits, key=lambda x: x[1]) if hits else None
 
     def note(lemma: str) -> str:
-        return "" if pinned or _normalise(lemma) == _normalise(term) else f" (number variant of '{term}')"
+        return "" if pinned or normalise_name(lemma) == normalise_name(term) else f" (number variant of '{term}')"
 
     for cls in h["classes"]:
         found = hit(cls["wnid"], cls)
@@ -289,7 +283,7 @@ def label_map_from_names(
         ConfigError: a name matches no ImageNet class (named, with how to fix it), or duplicate names.
     """
     synonyms = synonyms or {}
-    if len({_normalise(n) for n in names}) != len(names):
+    if len({normalise_name(n) for n in names}) != len(names):
         raise ConfigError(f"Duplicate class names in {list(names)}")
     h = imagenet_hierarchy()
     per_name: dict[str, dict[int, tuple[int, list[str]]]] = {}
@@ -302,7 +296,7 @@ def label_map_from_names(
         for term, origin in terms:
             found, sk = _match_term(term, origin, max_sense)
             forms |= set() if WNID_PATTERN.fullmatch(term) else _number_variants(term)
-            words = _normalise(term).split()
+            words = normalise_name(term).split()
             if not found and len(words) > 1:  # head-word fallback: "ankle boot" -> "boot"
                 origin2 = (origin + ", " if origin else "") + f"head word '{words[-1]}' of '{term}'"
                 found, sk2 = _match_term(words[-1], origin2, max_sense)
@@ -319,7 +313,7 @@ def label_map_from_names(
         review = []
         for cls in h["classes"]:  # "lemma 'tabby cat' contains 'cat'": supports a match, on its own only a hint
             contained = [(lemma, f) for lemma in cls["lemmas"] for f in sorted(forms)
-                         if _normalise(lemma) not in forms and f" {f} " in f" {_normalise(lemma)} "]
+                         if normalise_name(lemma) not in forms and f" {f} " in f" {normalise_name(lemma)} "]
             if not contained:
                 continue
             reason = f"lemma '{contained[0][0]}' contains '{contained[0][1]}'"
