@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +38,16 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor, nn
 
 from edgedistill import storage
+from edgedistill.cache import ensure_cache, pixel_cache
 from edgedistill.config import RECORD_IGNORED, DataConfig, TeacherConfig, TrainConfig, asdict
 from edgedistill.console import progress_enabled, say, warn_once
+from edgedistill.data.splits import build_splits
+from edgedistill.data.transforms import BatchAugment, TrainTransform, eval_transform
+from edgedistill.data.views import ViewSpec, student_view
 from edgedistill.errors import ConfigError, DataError
-from edgedistill.students import StudentManifest
+from edgedistill.heads import build_head, save_head
+from edgedistill.students import StudentManifest, count_parameters, create_student
+from edgedistill.teachers import create_teacher
 from edgedistill.training.callbacks import RunHistory, StderrProgressBar
 from edgedistill.training.checkpoints import SafeCheckpointIO, confined, load_checkpoint, resume_checkpoint
 from edgedistill.training.datamodule import DistillDataModule
@@ -93,9 +98,6 @@ def build_targets(data_cfg: DataConfig, teacher_cfg: TeacherConfig, cfg: TrainCo
     """Teacher targets (cached or online) for ``cfg.target``, and the head an embedding student is classified by."""
     if cfg.target == "labels":
         return Targets(None, None, {})
-    from edgedistill.heads import build_head
-    from edgedistill.teachers import create_teacher
-
     teacher = create_teacher(teacher_cfg, cfg.cache_dir)
     saved = cfg.head_path if cfg.head != "label_map" or _is_saved_head(cfg.head_path) else None
     label_map = cfg.head_path if cfg.head == "label_map" and saved is None else None
@@ -111,8 +113,6 @@ def build_targets(data_cfg: DataConfig, teacher_cfg: TeacherConfig, cfg: TrainCo
         out = "embedding" if cfg.target == "embedding" else head_input
         provider: TargetProvider = OnlineTargets(teacher, out, None if cfg.target == "embedding" else head)
     else:
-        from edgedistill.cache import ensure_cache
-
         caches = ensure_cache(data_cfg, teacher_cfg, cfg.train_split, cfg.cache_dir, views=cfg.views or 0,
                               seed=CACHE_AUG_SEED, num_workers=cfg.num_workers, teacher=teacher, splits=splits)
         provider = CachedTargets({k: cached_targets(c, cfg.target, head, head_input) for k, c in caches.items()})
@@ -222,11 +222,6 @@ def build_run(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> Run
     Raises:
         ConfigError / DataError: a bad value, an existing run without ``resume``, a resume with other settings.
     """
-    from edgedistill.data.splits import build_splits
-    from edgedistill.data.transforms import BatchAugment, TrainTransform, eval_transform
-    from edgedistill.data.views import student_view
-    from edgedistill.students import count_parameters, create_student
-
     run_dir = Path(cfg.out_dir).expanduser().resolve() / cfg.run_name()  # absolute: Lightning reports absolute paths
     resume_from = _check_resume(run_dir, data, teacher, cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -256,15 +251,11 @@ def build_run(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> Run
     sview = student_view(cfg.image_size, tuple(cfg.mean) if cfg.mean else None, tuple(cfg.std) if cfg.std else None)
     tview = None
     if cfg.online_teacher and cfg.target != "labels":
-        from edgedistill.data.views import ViewSpec
-
         tview = ViewSpec(**targets.info["view"])
     train_tf = TrainTransform(sview, aug=cfg.aug, seed=CACHE_AUG_SEED, teacher_view=tview, num_views=cfg.views,
                               scale=(cfg.min_crop, 1.0))
     pixels = None
     if cfg.pixel_cache and tview is None:  # the online teacher needs each crop at its own resolution: images path
-        from edgedistill.cache import pixel_cache
-
         specs = [cfg.train_split] + ([val_split] if val_split else []) + (["test"] if cfg.eval_test else [])
         keys = dict.fromkeys(k for spec in specs for k in splits.sources_of(spec))
         pixels = {k: pixel_cache(splits.sources[k], sview, cfg.cache_dir) for k in keys}
@@ -395,8 +386,6 @@ def finalize_run(setup: RunSetup, fit: FitResult) -> Path:
         storage.save_safetensors(run_dir / "student.safetensors", weights, metadata={"arch": cfg.student})
         head = setup.targets.student_head
         if head is not None:
-            from edgedistill.heads import save_head
-
             save_head(head, run_dir / "head")
         StudentManifest(
             arch=cfg.student, num_outputs=setup.num_outputs, class_names=list(setup.splits.classes),

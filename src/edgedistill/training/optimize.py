@@ -66,7 +66,11 @@ from edgedistill.config import (
     replace,
 )
 from edgedistill.console import log_at_least, say
+from edgedistill.data.transforms import eval_transform
 from edgedistill.errors import ConfigError, EdgeDistillError
+from edgedistill.students import StudentManifest, load_student
+from edgedistill.training.checkpoints import load_checkpoint
+from edgedistill.training.fit import build_run, config_diffs, finalize_run, fit_run, lightning_quiet, record_of
 
 OPTIMIZE_FORMAT = 1
 MODELOPT_INSTALL = "pip install 'edgedistill[optimize]'"
@@ -356,8 +360,6 @@ def load_optimized_student(path: str | Path) -> tuple[nn.Module, Any, dict[str, 
     QAT recipes: the fake-quantized ModelOpt model (needs ``nvidia-modelopt``); 2:4 alone: the plain
     timm student with the zeros in its weights (no ModelOpt needed).
     """
-    from edgedistill.students import StudentManifest, load_student
-
     folder = storage.run_dir_of(path)
     recipe = read_recipe(folder)
     if not recipe["qat"]:
@@ -399,8 +401,6 @@ def _load_run(path: str) -> tuple[Path, DataConfig, TeacherConfig, TrainConfig, 
 
 def _calibration(setup, opt: OptimizeConfig, batch: int = 64) -> tuple[list[Tensor], dict[str, Any]]:
     """``calib_size`` images of ``calib_split`` (seeded subset, eval transform) as batches, and their record."""
-    from edgedistill.data.transforms import eval_transform
-
     dataset = setup.splits.dataset(opt.calib_split, eval_transform(setup.view))
     if not len(dataset):
         raise ConfigError(f"optimize.calib_split={opt.calib_split!r} has no images")
@@ -442,8 +442,6 @@ def _finetune_config(train: TrainConfig, opt: OptimizeConfig, parent: Path, stag
 
 def _stage_state(stage_dir: Path, settings: dict, data: DataConfig, teacher: TeacherConfig, ft: TrainConfig) -> str:
     """``new``, ``finished`` (same settings: reuse it) or ``started``; refuses a folder made with other settings."""
-    from edgedistill.training.fit import config_diffs
-
     if not (stage_dir / "optimize.json").is_file():
         return "new"
     old = storage.read_json(stage_dir / "optimize.json")
@@ -466,8 +464,6 @@ def _stage_state(stage_dir: Path, settings: dict, data: DataConfig, teacher: Tea
 
 def _start_student(base: Path, parent: Path, mo: SimpleNamespace) -> nn.Module:
     """The student a stage starts from: the trained run's (plain), or the sparse stage's (ModelOpt, masks active)."""
-    from edgedistill.students import StudentManifest, load_student
-
     if base == parent:
         return prepare_student(load_student(base)[0])
     manifest = StudentManifest.load(base / "student.json")
@@ -478,10 +474,6 @@ def _run_stage(parent: Path, configs: tuple, stage: str, base: Path, opt: Optimi
                sparsify_here: bool, qat_here: bool) -> Path:
     """Fine-tune one stage (resumable, atomic); returns its folder. A finished stage with the same settings is reused."""
     from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
-    from edgedistill.students import StudentManifest
-    from edgedistill.training.checkpoints import load_checkpoint
-    from edgedistill.training.fit import build_run, finalize_run, fit_run, lightning_quiet, record_of
 
     data, teacher, train, parent_metrics = configs
     ft = _finetune_config(train, opt, parent, stage)
