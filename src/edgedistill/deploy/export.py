@@ -53,7 +53,9 @@ from edgedistill.errors import ConfigError, EdgeDistillError
 from edgedistill.heads import load_head
 from edgedistill.students import load_student
 from edgedistill.teachers import create_teacher
-from edgedistill.training.optimize import is_two_of_four, load_optimized_student, read_recipe
+from edgedistill.training.modelopt import is_two_of_four
+from edgedistill.training.recipes import load_optimized_student, read_recipe
+from edgedistill.training.record import read_run_record
 
 __all__ = ["DeployModel", "ParityError", "TensorRTUnavailableError", "check_parity", "export_command", "export_model",
            "export_onnx", "load_student_deploy", "load_teacher_deploy", "onnx_accuracy"]
@@ -63,18 +65,8 @@ __all__ = ["DeployModel", "ParityError", "TensorRTUnavailableError", "check_pari
 
 
 def run_configs(path: str | os.PathLike) -> dict:
-    """The resolved configs (``data``, ``teacher``, ``train``) of a training run's ``config.yaml``, or {}."""
-    import yaml
-
-    run_dir = storage.run_dir_of(path)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        return {}
-    try:
-        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise EdgeDistillError(f"{cfg_path} is damaged ({type(e).__name__}); restore it or delete it") from None
-    return cfg if isinstance(cfg, dict) else {}
+    """The resolved configs (``data``, ``teacher``, ``train``) of the ``config.yaml`` of the run holding ``path``, or {}."""
+    return read_run_record(storage.run_dir_of(path))
 
 
 def head_text_embeddings(head: nn.Module | None) -> torch.Tensor | None:

@@ -33,7 +33,8 @@ from edgedistill.console import say
 from edgedistill.errors import ConfigError
 from edgedistill.evaluate import evaluate_teacher
 from edgedistill.pipelines.report import write_grid_results
-from edgedistill.training.fit import config_diffs, train
+from edgedistill.training.fit import train
+from edgedistill.training.record import config_diffs, has_checkpoint
 
 
 def load_grid(path: str | Path) -> GridConfig:
@@ -89,7 +90,7 @@ def _student_row(grid: GridConfig, row, overrides: GridSections, probe: Path | N
                               f"({'; '.join(diffs)}); delete or move that folder to rerun it")
         say(f"[run] {row.name}: finished, skipping")
     else:
-        tcfg.resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.ckpt"))
+        tcfg.resume = has_checkpoint(run_dir)
         say(f"[run] {row.name}: {'resuming' if tcfg.resume else 'training'}")
         run_dir = train(data, teacher, tcfg)
     m = storage.read_json(run_dir / "metrics.json")

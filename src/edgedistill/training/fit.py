@@ -31,7 +31,6 @@ from typing import Any, Iterator
 import lightning.pytorch as L
 import numpy as np
 import torch
-import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -39,7 +38,7 @@ from torch import Tensor, nn
 
 from edgedistill import storage
 from edgedistill.cache import ensure_cache, pixel_cache
-from edgedistill.config import RECORD_IGNORED, DataConfig, TeacherConfig, TrainConfig, asdict
+from edgedistill.config import RECORD_IGNORED, DataConfig, TeacherConfig, TrainConfig
 from edgedistill.console import progress_enabled, say, warn_once
 from edgedistill.data.splits import build_splits
 from edgedistill.data.transforms import BatchAugment, TrainTransform, eval_transform
@@ -52,6 +51,7 @@ from edgedistill.training.callbacks import RunHistory, StderrProgressBar
 from edgedistill.training.checkpoints import SafeCheckpointIO, confined, load_checkpoint, resume_checkpoint
 from edgedistill.training.datamodule import DistillDataModule
 from edgedistill.training.module import CachedTargets, DistillModule, NonFiniteLossError, OnlineTargets, TargetProvider
+from edgedistill.training.record import CHECKPOINTS, config_diffs, has_checkpoint, write_run_config
 
 CACHE_AUG_SEED = 0
 """Seed of the K cached augmented views: fixed (the ``edgedistill cache`` default) so runs with
@@ -138,27 +138,6 @@ def _targets_kind(cfg: TrainConfig) -> str:
 # ----------------------------------------------------------------------------- the run's record
 
 
-def record_of(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> dict[str, dict]:
-    """The configs as written to ``config.yaml``."""
-    return {"data": asdict(data), "teacher": asdict(teacher), "train": asdict(cfg)}
-
-
-def config_diffs(run_dir: Path, data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig,
-                 ignore: tuple[str, ...] = RECORD_IGNORED) -> list[str]:
-    """Settings that differ from those recorded in ``run_dir/config.yaml`` (``section.key: old -> new``)."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return []
-    try:
-        old = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path} is damaged ({type(e).__name__}); move the run directory away to start over") from None
-    old = old if isinstance(old, dict) else {}
-    new = record_of(data, teacher, cfg)
-    return [f"{sec}.{k}: {(old.get(sec) or {}).get(k)!r} -> {v!r}" for sec, d in new.items() for k, v in d.items()
-            if (old.get(sec) or {}).get(k) != v and k not in ignore]
-
-
 # ----------------------------------------------------------------------------- build, fit, finalize
 
 
@@ -199,8 +178,8 @@ def _resolve_hardware(cfg: TrainConfig) -> tuple[str, str, str]:
 
 def _check_resume(run_dir: Path, data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> Path | None:
     """The checkpoint to resume from; refuses an existing run without ``resume`` or resumed with other settings."""
-    ckpt_dir = run_dir / "checkpoints"
-    has_ckpt = ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt"))
+    ckpt_dir = run_dir / CHECKPOINTS
+    has_ckpt = has_checkpoint(run_dir)
     if has_ckpt and not cfg.resume:
         raise ConfigError(f"Run directory {str(run_dir)!r} already holds a checkpoint; pass --train.resume true "
                           "to continue it or --train.name to start another run")
@@ -407,8 +386,7 @@ def train(data: DataConfig, teacher: TeacherConfig, train: TrainConfig) -> Path:
     """
     setup = build_run(data, teacher, train)
     if rank_zero_only.rank == 0:  # the run's record, written once every setting is known good (and the folder writable)
-        storage.write_text(setup.run_dir / "config.yaml", yaml.safe_dump(record_of(data, teacher, setup.cfg),
-                                                                         sort_keys=False))
+        write_run_config(setup.run_dir, data, teacher, setup.cfg)
     with lightning_quiet(setup.run_dir / "logs" / "lightning.log"):
         return finalize_run(setup, fit_run(setup))
 
