@@ -218,6 +218,7 @@ def build_run(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> Run
         warn_once("train.aug=true with cached teacher targets of the plain (uncropped) view: the teacher's target "
                   "describes the whole image, not the student's crop. For exact targets set train.views=K "
                   "(K cached crops) or train.online_teacher=true")
+    # only the logging cadence (Lightning needs it before its loaders exist); the schedule counts Lightning's steps
     steps_per_epoch = max(n_train // (cfg.batch_size * cfg.devices * cfg.num_nodes), 1)
     if cfg.schedule == "cosine" and cfg.max_steps == -1 and cfg.warmup_epochs >= cfg.epochs:
         warn_once(f"train.warmup_epochs={cfg.warmup_epochs} covers all train.epochs={cfg.epochs}: the learning rate "
@@ -246,7 +247,7 @@ def build_run(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> Run
         student, target=cfg.target, num_classes=len(splits.classes), head=targets.student_head,
         targets=targets.provider, temperature=cfg.temperature, kd_weight=cfg.kd_weight, ce_weight=cfg.ce_weight,
         feature_loss=cfg.feature_loss, kd_reduction=cfg.kd_reduction, optimizer=cfg.optimizer, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, momentum=cfg.momentum, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+        weight_decay=cfg.weight_decay, momentum=cfg.momentum, warmup_epochs=cfg.warmup_epochs,
         schedule=cfg.schedule, batch_augment=BatchAugment(sview, scale=(cfg.min_crop, 1.0), pad=cfg.pad_crop) if pixels else None,
         aug=cfg.aug, seed=cfg.seed, channels_last=cfg.channels_last,
     )
