@@ -23,6 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from edgedistill import heads as H
 from edgedistill import storage
@@ -54,8 +56,6 @@ def evaluate_logits(logits: Tensor | np.ndarray, labels: Tensor | np.ndarray, cl
         ``{"acc": float, "n": int, "per_class": {name: float | None}, "confusion": [[int]] (C x C,
         rows = true class, columns = predicted)}``. A class without samples has accuracy None.
     """
-    from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
-
     logits = torch.as_tensor(np.asarray(logits) if not isinstance(logits, Tensor) else logits).float().cpu()
     labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels).long().cpu()
     C = len(class_names)
@@ -388,8 +388,6 @@ def load_student_classifier(run: str | os.PathLike, device: str | torch.device =
 
 def _predict(model: torch.nn.Module, dataset, batch_size: int, num_workers: int, device) -> tuple[Tensor, Tensor, int]:
     """Logits ``[N, C]`` and labels ``[N]`` of a dataset of dict items; unreadable images skipped and counted."""
-    from torch.utils.data import DataLoader
-
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_bad)
     logits, labels, bad = [], [], 0
     with torch.inference_mode(), progress(len(loader), "eval", unit="batch") as bar:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.multiprocessing as mp
 
 from edgedistill.cache.shards import rank_world
 from edgedistill.cache.store import TeacherCache, cache_path, view_name
@@ -77,8 +78,6 @@ def ensure_cache(
     missing = [k for k in keys
                if not (cache_path(cache_dir, teacher.fingerprint, splits.sources[k], view) / "manifest.json").exists()]
     if devices > 1 and missing:
-        import torch.multiprocessing as mp
-
         # each process computes its share of the shards of every source and exits; we then open the results
         mp.spawn(_spawn_worker, args=(devices, data_cfg, teacher_cfg, split_spec, cache_dir, kwargs), nprocs=devices)
     return {key: cache_source(teacher, splits.sources[key], cache_dir, **kwargs) for key in keys}

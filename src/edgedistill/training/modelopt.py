@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import timm.layers
 import torch
 from torch import Tensor, nn
 
@@ -79,8 +80,6 @@ def prepare_student(model: nn.Module) -> nn.Module:
     it would be silently neither quantized nor sparsified. Its forward is ``F.linear`` otherwise,
     so it becomes a plain ``nn.Linear``. A restore must rebuild the model the same way.
     """
-    import timm.layers
-
     for module in model.modules():
         if type(module) is timm.layers.Linear:
             module.__class__ = nn.Linear

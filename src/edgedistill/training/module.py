@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import lightning.pytorch as L
 import torch
+from timm.optim import create_optimizer_v2
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -279,8 +280,6 @@ class DistillModule(L.LightningModule):
         self._eval_step(batch, "test", self.test_acc)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        from timm.optim import create_optimizer_v2
-
         o = self.optim_args
         # timm's factory: biases and norm scales (1-D) are not decayed (Goyal et al. 2017); "sgd" is Nesterov.
         name = {"sgd": "sgd" if o["momentum"] > 0 else "momentum"}.get(o["optimizer"], o["optimizer"])

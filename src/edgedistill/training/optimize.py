@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor, nn
 
 from edgedistill import storage
@@ -168,8 +169,6 @@ def _start_student(base: Path, parent: Path, mo: SimpleNamespace) -> nn.Module:
 def _run_stage(parent: Path, configs: tuple, stage: str, base: Path, opt: OptimizeConfig, mo: SimpleNamespace, *,
                sparsify_here: bool, qat_here: bool) -> Path:
     """Fine-tune one stage (resumable, atomic); returns its folder. A finished stage with the same settings is reused."""
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
     data, teacher, train, parent_metrics = configs
     ft = _finetune_config(train, opt, parent, stage)
     stage_dir = Path(ft.out_dir).expanduser().resolve() / stage
