@@ -509,22 +509,24 @@ def _held_out(root: Path) -> None:
                 root / "held" / c / f"{k}.png")
 
 
-def test_distill_prompts_plan_refuses_before_any_work(tmp_path, monkeypatch):
-    from edgedistill import cache
-    from edgedistill.pipelines.distill import plan_distill
+def test_distill_prompts_plan_refuses_before_any_work(tmp_path):
+    from edgedistill.pipelines.distill import plan_distill, run_distill
 
     write_pool(tmp_path / "pool", per_class=2, noise=1, shard=1)
     (tmp_path / "prompts.txt").write_text(PROMPTS)
     _held_out(tmp_path)
-    monkeypatch.setattr(cache, "ensure_cache", lambda *a, **k: pytest.fail("cached before checking the plan"))
     with pytest.raises(ConfigError, match="both: --prompts FILE and --pool DIR"):
         DistillConfig(prompts="p.txt")
     with pytest.raises(ConfigError, match="distill.held_out='h' is invalid; it scores a zero-label run"):
         DistillConfig(held_out="h")
-    with pytest.raises(ConfigError, match="data.root='x' is not used with --prompts/--pool"):
-        plan_distill(_distill_cfg(tmp_path, data={"root": "x"}))
-    with pytest.raises(ConfigError, match="Student 'kd' distils the 'linear' head, but a zero-label run has only"):
-        plan_distill(_distill_cfg(tmp_path, students=[{"name": "kd", "train": {"target": "logits", "head": "linear"}}]))
+    for over, match in (({"data": {"root": "x"}}, "data.root='x' is not used with --prompts/--pool"),
+                        ({"students": [{"name": "kd", "train": {"target": "logits", "head": "linear"}}]},
+                         "Student 'kd' distils the 'linear' head, but a zero-label run has only")):
+        with pytest.raises(ConfigError, match=match):
+            plan_distill(_distill_cfg(tmp_path, **over))
+        with pytest.raises(ConfigError, match=match):  # the run refuses before any work: no cache, no output
+            run_distill(_distill_cfg(tmp_path, **over))
+        assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
     plan = plan_distill(_distill_cfg(tmp_path, students=DistillConfig().students))  # the defaults: zero-label students
     assert [r.name for r in plan.grid.runs] == ["kd_zero_shot", "kd_embedding"] and plan.heads == ["text"]
     assert plan.data.dataset == "manifest" and not plan.has_labels and plan.has_test
