@@ -109,12 +109,18 @@ def test_hostile_pickle_in_a_cache_shard_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     data = DataConfig(dataset="imagefolder", root=str(_folder(tmp_path / "data", n=4)), val_fraction=0.0)
     (cache,) = ensure_cache(data, tiny_teacher_cfg(), "train", tmp_path / "cache", shard_size=4, num_workers=0).values()
-    np.save(cache.path / "shard_00000.embedding.npy", np.array([Payload(marker)], dtype=object), allow_pickle=True)
+    shard = cache.path / "shard_00000.embedding.npy"
+    np.save(shard, np.array([Payload(marker)], dtype=object), allow_pickle=True)
+    planted = shard.read_bytes()
+    assert b"'descr': '|O'" in planted and b"pwned" in planted  # the shard now holds a pickled object array
     with pytest.raises(CacheDamagedError, match="shard 0 is damaged"):
         TeacherCache.open(cache.path, expected_fingerprint=cache.manifest["teacher"]["fingerprint"])
     with pytest.raises(EdgeDistillError, match="damaged"):
-        storage.load_npy(cache.path / "shard_00000.embedding.npy")
+        storage.load_npy(shard)
     assert not marker.exists()
+    assert shard.read_bytes() == planted  # refused, not silently replaced before the checks above ran
+    np.load(shard, allow_pickle=True)  # and the payload was live: an unsafe load runs it
+    assert marker.exists()
 
 
 # ----------------------------------------------------------------------------- kill -9, then rerun
