@@ -17,7 +17,7 @@ import torch
 
 from conftest import TINY, TINY_CLIP, tiny_teacher_cfg
 from edgedistill import storage
-from edgedistill.cache import ensure_cache
+from edgedistill.cache import TeacherCache, ensure_cache
 from edgedistill.config import DataConfig
 from test_faults import _folder
 
@@ -46,7 +46,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_nodes(tmp_path: Path, args: list[str]) -> None:
+def _two_nodes(tmp_path: Path, args: list[str]) -> list[str]:
+    """Run the CLI on two torchrun nodes; returns each node's output (stdout and stderr)."""
     script = tmp_path / "node.py"
     script.write_text(NODE)
     port = _free_port()
@@ -59,6 +60,7 @@ def _two_nodes(tmp_path: Path, args: list[str]) -> None:
     outs = [p.communicate(timeout=400)[0] for p in procs]
     for rank, (p, out) in enumerate(zip(procs, outs)):
         assert p.returncode == 0, f"node {rank}:\n{out[-4000:]}"
+    return outs
 
 
 TEACHER = ["--teacher.kind", "openclip", "--teacher.model", TINY, "--teacher.pretrained", "random", "--teacher.device", "cpu",
@@ -87,7 +89,7 @@ def test_cache_on_two_nodes_equals_one_process(tmp_path: Path) -> None:
 def test_train_on_two_nodes_leaves_one_consistent_run(tmp_path: Path) -> None:
     folder = _folder(tmp_path / "data", n=8)
     out = tmp_path / "runs"
-    _two_nodes(tmp_path, ["train", "--data.dataset", "imagefolder", "--data.root", str(folder), "--data.val_fraction",
+    outs = _two_nodes(tmp_path, ["train", "--data.dataset", "imagefolder", "--data.root", str(folder), "--data.val_fraction",
                           "0.25", *TEACHER, "--train.target", "logits", "--train.head", "text", "--train.student",
                           "test_resnet", "--train.image_size", "16", "--train.epochs", "1", "--train.batch_size", "3",
                           "--train.num_nodes", "2", "--train.devices", "1", "--train.accelerator", "cpu",
@@ -98,5 +100,14 @@ def test_train_on_two_nodes_leaves_one_consistent_run(tmp_path: Path) -> None:
     assert m["history"][0]["step"] == 3  # 18 training images over 2 nodes x 3 per batch: 3 steps, not 6
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "logs", "metrics.json",
                                                     "student.json", "student.safetensors"]
+    # Both nodes joined the one DDP group (and the step count above shows the batches were split between them) ...
+    for rank, out in enumerate(outs):
+        assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in out, out[-3000:]
+    # ... and every teacher cache they shared is whole: each shard written once, by one of the two ranks.
     caches = [p for p in (tmp_path / "cache").rglob("manifest.json") if "pixels" not in p.parts]
-    assert caches and all({s["rank"] for s in storage.read_json(p)["shards"]} <= {0, 1} for p in caches)
+    assert caches
+    for path in caches:
+        m = storage.read_json(path)
+        assert sorted(s["index"] for s in m["shards"]) == list(range(m["num_shards"])), m["shards"]
+        assert all(s["rank"] in (0, 1) for s in m["shards"])
+        TeacherCache.open(path.parent, expected_fingerprint=m["teacher"]["fingerprint"])  # every shard verified

@@ -562,8 +562,19 @@ def test_distill_prompts_pool_end_to_end_and_predict_new_prompts(tmp_path, capsy
     clf = load_classifier(out / "exports" / "student", ["a purple thing", "an orange thing", "a grey thing", "sky"])
     assert clf.labels == ["a purple thing", "an orange thing", "a grey thing", "sky"]
     preds, errors = predict_images(clf, sorted((tmp_path / "held").rglob("*.png")), top_k=2, show_progress=False)
-    assert not errors and len(preds) == 6
-    assert all(p["top"][0]["label"] in clf.labels and len(p["top"]) == 2 for p in preds)
+    assert not errors and len(preds) == 6 and all(len(p["top"]) == 2 for p in preds)
+    # The answer for each image is determined by the scores, whatever order or subset of prompts is asked:
+    # the same top label with the prompts reversed, and again when only it and one other prompt are offered.
+    top = {p["path"]: p["top"][0]["label"] for p in preds}
+    rev, _ = predict_images(load_classifier(out / "exports" / "student", clf.labels[::-1]),
+                            [Path(p) for p in top], top_k=1, show_progress=False)
+    assert {p["path"]: p["top"][0]["label"] for p in rev} == top
+    for path, label in top.items():
+        rival = next(lab for lab in clf.labels if lab != label)
+        for pair in ([label, rival], [rival, label]):
+            (pred,), _ = predict_images(load_classifier(out / "exports" / "student", pair), [Path(path)], top_k=1,
+                                        show_progress=False)
+            assert pred["top"][0]["label"] == label, (path, pair)
     probs = clf.score(np.zeros((1, 3, clf.view.image_size, clf.view.image_size), np.float32))
     assert probs.shape == (1, 4) and probs.sum() == pytest.approx(1.0, abs=1e-5)
     from edgedistill.cli import main
@@ -572,7 +583,14 @@ def test_distill_prompts_pool_end_to_end_and_predict_new_prompts(tmp_path, capsy
     assert main(["predict", str(out / "exports" / "student"), str(tmp_path / "held"), "--top_k", "1",
                  "--prompts", "[a fox, a wolf]"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 6 and all(line.rsplit(": ", 1)[1].split(" 0.")[0] in ("a fox", "a wolf") for line in lines)
+    fox_wolf, _ = predict_images(load_classifier(out / "exports" / "student", ["a fox", "a wolf"]),
+                                 sorted((tmp_path / "held").rglob("*.png")), top_k=1, show_progress=False)
+    want = {p["path"]: p["top"][0]["label"] for p in fox_wolf}
+    assert len(lines) == 6 and {line.rsplit(": ", 1)[0]: line.rsplit(": ", 1)[1].split(" 0.")[0] for line in lines} == want
+    assert main(["predict", str(out / "exports" / "student"), str(tmp_path / "held"), "--top_k", "1",
+                 "--prompts", "[a wolf, a fox]"]) == 0  # the other order: the same answer per image
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert {line.rsplit(": ", 1)[0]: line.rsplit(": ", 1)[1].split(" 0.")[0] for line in lines} == want
 
     # A rerun reuses the retrieval and the trained student.
     stamp = (out / "runs" / "emb" / "student.safetensors").stat().st_mtime_ns
