@@ -158,8 +158,13 @@ def test_any_folder_layout_through_the_cache_command(tmp_path_factory, capsys, l
     code = main(["cache", "--data.dataset", "imagefolder", "--data.root", str(root), "--data.val_fraction", "0",
                  "--split", "train", "--teacher.kind", "openclip", "--teacher.model", TINY, "--teacher.pretrained",
                  "random", "--teacher.device", "cpu", "--cache_dir", str(root / ".cache"), "--num_workers", "0"])
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error")]
-    assert (code == 0 and not err) or (code == 2 and len(err) == 1), (code, err)
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    if code == 0:
+        assert "error:" not in stderr, stderr
+    else:  # the error is the last thing written, and one line
+        assert code == 2 and stderr.count("error:") == 1, stderr
+        assert "\n" not in stderr[stderr.index("error:"):].strip(), stderr
 
 
 # ----------------------------------------------------------------------------- every image mode Pillow writes
