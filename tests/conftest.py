@@ -192,3 +192,49 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edgedistill.data.sources import extract_demo
 
     return extract_demo(tmp_path_factory.mktemp("demo") / "cifar10-demo")
+
+
+# ----------------------------------------------------------------------------- what a user without privileges meets
+
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2  # linux/capability.h
+PR_CAPBSET_DROP = 24  # linux/prctl.h
+
+
+def _drop_file_permission_override() -> None:
+    """In the child before exec: drop root's power to ignore file modes from the capability bounding set, so the
+    program exec'd next runs as uid 0 but meets chmod like any user (what ``capsh --drop=...`` does)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) refused")
+
+
+def run_unprivileged(script: str, *args: str, fsize: int | None = None, timeout: float = 300):
+    """Run ``python -c script args...`` as a user without privileges meets the disk: file modes are obeyed (root
+    drops CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH first), and with ``fsize`` no file may grow past that many bytes
+    (``RLIMIT_FSIZE``; SIGXFSZ ignored, so the write fails with EFBIG as on a full quota). Returns the
+    CompletedProcess (text)."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+
+    def limit() -> None:
+        if os.geteuid() == 0:
+            _drop_file_permission_override()
+        if fsize is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", EDGEDISTILL_NO_PROGRESS="1", PYTHONDONTWRITEBYTECODE="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(root / "src"), str(root / "tests"), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, preexec_fn=limit)
+
+
+CLI_CHILD = "import sys\nfrom conftest import _register_tiny\nfrom edgedistill.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+"""``run_unprivileged(CLI_CHILD, *argv)``: the CLI, with the tiny test teacher registered."""

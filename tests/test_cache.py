@@ -152,14 +152,39 @@ def test_sharded_array_indexing():
         a[[5]]
 
 
-def test_fingerprint_mismatch_is_refused(reference):
-    other = "0" * 64
-    with pytest.raises(CacheMismatchError) as e:
-        TeacherCache.open(reference.path, expected_fingerprint=other)
-    assert other in str(e.value) and reference.manifest["teacher"]["fingerprint"] in str(e.value)
-    with pytest.raises(CacheMismatchError, match="requested source"):
-        TeacherCache.open(reference.path, expected_fingerprint=reference.manifest["teacher"]["fingerprint"],
-                          expected_source={"kind": "imagefolder", "n": 1})
+def test_cache_of_another_teacher_images_or_preprocessing_is_refused(tmp_path):
+    """Real caches that differ in the teacher, the images or the preprocessing: each is refused for the others,
+    the error naming both fingerprints (or both image sets)."""
+    from edgedistill.data import build_splits
+    from edgedistill.teachers.openclip import register_model_config
+
+    register_model_config("edgedistill-tiny-2", {**TINY_CLIP, "vision_cfg": {**TINY_CLIP["vision_cfg"], "layers": 2}})
+    _write_images(tmp_path / "a", 6)
+    _write_images(tmp_path / "b", 6, seed=1)  # the same names and sizes, other pixels
+    cache_dir = tmp_path / "cache"
+
+    def build(root, **teacher):
+        data = DataConfig(dataset="imagefolder", root=str(tmp_path / root), val_fraction=0.0)
+        (cache,) = ensure_cache(data, tiny_teacher_cfg(**teacher), "train", cache_dir, shard_size=4,
+                                num_workers=0).values()
+        return cache, build_splits(data).sources[cache.manifest["source"]["key"]].identity()
+
+    (base, base_id), (other_teacher, _), (other_view, _), (other_images, images_id) = (
+        build("a"), build("a", model="edgedistill-tiny-2"), build("a", image_size=48), build("b"))
+    fp = {name: c.manifest["teacher"]["fingerprint"]
+          for name, c in (("base", base), ("teacher", other_teacher), ("view", other_view), ("images", other_images))}
+    assert len({fp["base"], fp["teacher"], fp["view"]}) == 3 and fp["images"] == fp["base"]
+    for name in ("teacher", "view"):  # base's cache asked for by the other teacher, and the other way round
+        for cache, want in ((base, fp[name]), ({"teacher": other_teacher, "view": other_view}[name], fp["base"])):
+            with pytest.raises(CacheMismatchError) as e:
+                TeacherCache.open(cache.path, expected_fingerprint=want)
+            assert want in str(e.value) and cache.manifest["teacher"]["fingerprint"] in str(e.value)
+    assert base_id != images_id
+    with pytest.raises(CacheMismatchError, match="requested source") as e:
+        TeacherCache.open(base.path, expected_fingerprint=fp["base"], expected_source=images_id)
+    assert base_id["files_sha256"] in str(e.value) and images_id["files_sha256"] in str(e.value)
+    np.testing.assert_raises(AssertionError, np.testing.assert_array_equal, np.asarray(base.embedding),
+                             np.asarray(other_images.embedding))  # the other images' cache holds their own outputs
 
 
 def test_corrupt_image_skipped_and_counted(tmp_path, teacher):

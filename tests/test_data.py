@@ -283,20 +283,39 @@ def test_broken_file_links_are_skipped_and_counted(image_folder: Path) -> None:
     assert splits.manifest["counts"] == {"train": 18}
 
 
+_UNREADABLE_CHILD = """
+import sys
+from pathlib import Path
+import pytest
+from edgedistill.config import DataConfig
+from edgedistill.data import ImageFolderSource, UnlabeledImages, build_splits, list_images
+from edgedistill.errors import DataError
+root = Path(sys.argv[1])
+locked = root / "dog"
+assert list_images(root).unreadable == [locked]
+with pytest.raises(DataError, match=r"Class folder .*/dog .*cannot be read \\(permissions\\?\\)"):
+    ImageFolderSource(root, "folder/train")
+with pytest.raises(DataError, match="/dog"):
+    build_splits(DataConfig(dataset="imagefolder", root=str(root)))
+with pytest.raises(DataError, match="cannot read folder .*/dog"):
+    UnlabeledImages(root, "u")
+print("checked")
+"""
+
+
 def test_unreadable_class_folder_raises_naming_it(image_folder: Path) -> None:
+    """chmod 000 on a class folder, as a user meets it: checked in a child that obeys file modes even as root (CI)."""
+    from conftest import CLI_CHILD, run_unprivileged
+
     locked = image_folder / "dog"
     locked.chmod(0)
     try:
-        if os.access(locked, os.R_OK):
-            pytest.skip("running as root: chmod 000 does not make a folder unreadable "
-                        "(test_unreadable_folders_simulated covers the logic)")
-        assert list_images(image_folder).unreadable == [locked]
-        with pytest.raises(DataError, match=r"Class folder .*/dog .*cannot be read \(permissions\?\)"):
-            ImageFolderSource(image_folder, "folder/train")
-        with pytest.raises(DataError, match="/dog"):
-            build_splits(DataConfig(dataset="imagefolder", root=str(image_folder)))
-        with pytest.raises(DataError, match="cannot read folder .*/dog"):
-            UnlabeledImages(image_folder, "u")
+        p = run_unprivileged(_UNREADABLE_CHILD, str(image_folder))
+        assert p.returncode == 0 and p.stdout.strip() == "checked", p.stderr[-3000:]
+        p = run_unprivileged(CLI_CHILD, "cache", "--data.dataset", "imagefolder", "--data.root", str(image_folder),
+                             "--split", "train")
+        err = [line for line in p.stderr.strip().splitlines() if "warning" not in line.lower()]
+        assert p.returncode == 2 and len(err) == 1 and "/dog" in err[0] and "Traceback" not in p.stderr, p.stderr[-3000:]
     finally:
         locked.chmod(0o755)
 

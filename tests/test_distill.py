@@ -138,20 +138,19 @@ def test_distill_without_labels_uses_the_zero_shot_head(tmp_path: Path) -> None:
     assert "whose labels are not used" in report and "was skipped: there are no training labels" in report
 
 
-def test_distill_plan_refuses_before_any_work(tmp_path: Path, monkeypatch) -> None:
-    from edgedistill import cache
-
+def test_distill_plan_refuses_before_any_work(tmp_path: Path) -> None:
+    """Each mistake is refused by ``run_distill`` itself before it writes anything: no teacher cache, no output."""
     write_user_folder(tmp_path / "data")
-    monkeypatch.setattr(cache, "ensure_cache", lambda *a, **k: pytest.fail("cached before checking the plan"))
     no_labels = _config(tmp_path, tmp_path / "o", data={"train_labels": False})  # kd distils the probe: no labels
-    with pytest.raises(ConfigError, match="Student 'kd' distils the 'linear' head.*only \\['text'\\]"):
-        plan_distill(no_labels)
     bad = _config(tmp_path, tmp_path / "o", students=[{"name": "kd", "train": {"target": "logits", "epochz": 1}}])
-    with pytest.raises(ConfigError, match="epochz"):
-        plan_distill(bad)
     only_baseline = _config(tmp_path, tmp_path / "o", students=[{"name": "s", "train": {"target": "labels"}}])
-    with pytest.raises(ConfigError, match="at least one distilled student"):
-        plan_distill(only_baseline)
+    for cfg, match in ((no_labels, "Student 'kd' distils the 'linear' head.*only \\['text'\\]"), (bad, "epochz"),
+                       (only_baseline, "at least one distilled student")):
+        with pytest.raises(ConfigError, match=match):
+            plan_distill(cfg)
+        with pytest.raises(ConfigError, match=match):
+            run_distill(cfg)
+        assert not (tmp_path / "cache").exists() and not (tmp_path / "o").exists()  # no work began
 
 
 def test_packaged_demo_config_loads_and_is_the_demo_command():
@@ -160,9 +159,19 @@ def test_packaged_demo_config_loads_and_is_the_demo_command():
     assert cfg.data.dataset == "demo" and cfg.teacher.kind == "efficientnet_lite0" and cfg.teacher.runtime == "onnxruntime"
     targets = {r.name: {**cfg.train.__dict__, **r.train}["target"] for r in cfg.students}
     assert "labels" in targets.values() and "logits" in targets.values()
-    from edgedistill.cli import COMMANDS
 
-    assert COMMANDS["demo"][0] == "edgedistill.pipelines.distill:demo_command"
+
+def test_demo_command_runs_the_packaged_config(tmp_path, monkeypatch):
+    """``edgedistill demo --out X`` runs distill on the packaged demo.yaml, its ``out`` replaced (the run itself is
+    stubbed here; test_cli_end_to_end runs the command on tiny data)."""
+    from edgedistill.cli import main
+    from edgedistill.pipelines import distill
+
+    seen = []
+    monkeypatch.setattr(distill, "run_distill", lambda cfg, **kw: seen.append(cfg))
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 0
+    raw = yaml.safe_load(demo_config_path().read_text())
+    assert seen == [from_dict(DistillConfig, {**raw, "out": str(tmp_path / "d")}, "demo.yaml")]
 
 
 def test_gpu_budget_applies_only_with_cuda_and_is_noted(monkeypatch):

@@ -17,7 +17,7 @@ import torch
 
 from conftest import TINY, TINY_CLIP, tiny_teacher_cfg
 from edgedistill import storage
-from edgedistill.cache import ensure_cache
+from edgedistill.cache import TeacherCache, ensure_cache
 from edgedistill.config import DataConfig
 from test_faults import _folder
 
@@ -36,6 +36,16 @@ NODE = textwrap.dedent(f"""
         write(*args, **kwargs)
         time.sleep(0.3)
     store.write_shard = slow
+    # each node counts its own optimizer steps, into STEPS_DIR/steps.<rank>
+    import atexit, os, torch
+    steps = []
+    step = torch.optim.SGD.step
+    def counted(self, *args, **kwargs):
+        steps.append(1)
+        return step(self, *args, **kwargs)
+    torch.optim.SGD.step = counted
+    atexit.register(lambda: open(os.path.join(os.environ["STEPS_DIR"], "steps." + os.environ["RANK"]), "w").write(
+        str(len(steps))))
     sys.exit(main(sys.argv[1:]))
 """)
 
@@ -46,11 +56,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_nodes(tmp_path: Path, args: list[str]) -> None:
+def _two_nodes(tmp_path: Path, args: list[str]) -> list[str]:
+    """Run the CLI on two torchrun nodes; returns each node's output (stdout and stderr)."""
     script = tmp_path / "node.py"
     script.write_text(NODE)
     port = _free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", EDGEDISTILL_NO_PROGRESS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", EDGEDISTILL_NO_PROGRESS="1", STEPS_DIR=str(tmp_path))
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
                                "--node_rank", str(rank), "--master_addr", "127.0.0.1", "--master_port", str(port),
@@ -59,6 +70,7 @@ def _two_nodes(tmp_path: Path, args: list[str]) -> None:
     outs = [p.communicate(timeout=400)[0] for p in procs]
     for rank, (p, out) in enumerate(zip(procs, outs)):
         assert p.returncode == 0, f"node {rank}:\n{out[-4000:]}"
+    return outs
 
 
 TEACHER = ["--teacher.kind", "openclip", "--teacher.model", TINY, "--teacher.pretrained", "random", "--teacher.device", "cpu",
@@ -87,7 +99,7 @@ def test_cache_on_two_nodes_equals_one_process(tmp_path: Path) -> None:
 def test_train_on_two_nodes_leaves_one_consistent_run(tmp_path: Path) -> None:
     folder = _folder(tmp_path / "data", n=8)
     out = tmp_path / "runs"
-    _two_nodes(tmp_path, ["train", "--data.dataset", "imagefolder", "--data.root", str(folder), "--data.val_fraction",
+    outs = _two_nodes(tmp_path, ["train", "--data.dataset", "imagefolder", "--data.root", str(folder), "--data.val_fraction",
                           "0.25", *TEACHER, "--train.target", "logits", "--train.head", "text", "--train.student",
                           "test_resnet", "--train.image_size", "16", "--train.epochs", "1", "--train.batch_size", "3",
                           "--train.num_nodes", "2", "--train.devices", "1", "--train.accelerator", "cpu",
@@ -98,5 +110,13 @@ def test_train_on_two_nodes_leaves_one_consistent_run(tmp_path: Path) -> None:
     assert m["history"][0]["step"] == 3  # 18 training images over 2 nodes x 3 per batch: 3 steps, not 6
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "logs", "metrics.json",
                                                     "student.json", "student.safetensors"]
+    # Both nodes trained: each took the 3 optimizer steps of its half of the batches ...
+    assert [int((tmp_path / f"steps.{rank}").read_text()) for rank in (0, 1)] == [3, 3], outs
+    # ... and every teacher cache they shared is whole: each shard written once, by one of the two ranks.
     caches = [p for p in (tmp_path / "cache").rglob("manifest.json") if "pixels" not in p.parts]
-    assert caches and all({s["rank"] for s in storage.read_json(p)["shards"]} <= {0, 1} for p in caches)
+    assert caches
+    for path in caches:
+        m = storage.read_json(path)
+        assert sorted(s["index"] for s in m["shards"]) == list(range(m["num_shards"])), m["shards"]
+        assert all(s["rank"] in (0, 1) for s in m["shards"])
+        TeacherCache.open(path.parent, expected_fingerprint=m["teacher"]["fingerprint"])  # every shard verified

@@ -137,7 +137,11 @@ def test_cli_exit_code_and_one_line(student, images, tmp_path, capsys):
     code = main(["predict", str(student[1] / "model.onnx"), str(images / "0.jpg"), str(images / "1.png"), "--top_k", "1"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert code == 0 and len(lines) == 2 and lines[0].startswith(f"{images / '0.jpg'}: ")
-    assert all(line.split(": ", 1)[1].split()[0] in CLASSES for line in lines)
+    paths = [images / "0.jpg", images / "1.png"]
+    for line, path, ref in zip(lines, paths, _torch_probs(student[0], paths)):  # the PyTorch student's own answer
+        name, rest = line.rsplit(": ", 1)
+        label, prob = rest.split()
+        assert name == str(path) and label == CLASSES[int(ref.argmax())] and float(prob) == pytest.approx(ref.max(), abs=1e-3)
 
 
 def test_prompts_repurpose_embedding_model(tmp_path, images):

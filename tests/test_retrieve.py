@@ -509,22 +509,24 @@ def _held_out(root: Path) -> None:
                 root / "held" / c / f"{k}.png")
 
 
-def test_distill_prompts_plan_refuses_before_any_work(tmp_path, monkeypatch):
-    from edgedistill import cache
-    from edgedistill.pipelines.distill import plan_distill
+def test_distill_prompts_plan_refuses_before_any_work(tmp_path):
+    from edgedistill.pipelines.distill import plan_distill, run_distill
 
     write_pool(tmp_path / "pool", per_class=2, noise=1, shard=1)
     (tmp_path / "prompts.txt").write_text(PROMPTS)
     _held_out(tmp_path)
-    monkeypatch.setattr(cache, "ensure_cache", lambda *a, **k: pytest.fail("cached before checking the plan"))
     with pytest.raises(ConfigError, match="both: --prompts FILE and --pool DIR"):
         DistillConfig(prompts="p.txt")
     with pytest.raises(ConfigError, match="distill.held_out='h' is invalid; it scores a zero-label run"):
         DistillConfig(held_out="h")
-    with pytest.raises(ConfigError, match="data.root='x' is not used with --prompts/--pool"):
-        plan_distill(_distill_cfg(tmp_path, data={"root": "x"}))
-    with pytest.raises(ConfigError, match="Student 'kd' distils the 'linear' head, but a zero-label run has only"):
-        plan_distill(_distill_cfg(tmp_path, students=[{"name": "kd", "train": {"target": "logits", "head": "linear"}}]))
+    for over, match in (({"data": {"root": "x"}}, "data.root='x' is not used with --prompts/--pool"),
+                        ({"students": [{"name": "kd", "train": {"target": "logits", "head": "linear"}}]},
+                         "Student 'kd' distils the 'linear' head, but a zero-label run has only")):
+        with pytest.raises(ConfigError, match=match):
+            plan_distill(_distill_cfg(tmp_path, **over))
+        with pytest.raises(ConfigError, match=match):  # the run refuses before any work: no cache, no output
+            run_distill(_distill_cfg(tmp_path, **over))
+        assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()
     plan = plan_distill(_distill_cfg(tmp_path, students=DistillConfig().students))  # the defaults: zero-label students
     assert [r.name for r in plan.grid.runs] == ["kd_zero_shot", "kd_embedding"] and plan.heads == ["text"]
     assert plan.data.dataset == "manifest" and not plan.has_labels and plan.has_test
@@ -560,8 +562,19 @@ def test_distill_prompts_pool_end_to_end_and_predict_new_prompts(tmp_path, capsy
     clf = load_classifier(out / "exports" / "student", ["a purple thing", "an orange thing", "a grey thing", "sky"])
     assert clf.labels == ["a purple thing", "an orange thing", "a grey thing", "sky"]
     preds, errors = predict_images(clf, sorted((tmp_path / "held").rglob("*.png")), top_k=2, show_progress=False)
-    assert not errors and len(preds) == 6
-    assert all(p["top"][0]["label"] in clf.labels and len(p["top"]) == 2 for p in preds)
+    assert not errors and len(preds) == 6 and all(len(p["top"]) == 2 for p in preds)
+    # The answer for each image is determined by the scores, whatever order or subset of prompts is asked:
+    # the same top label with the prompts reversed, and again when only it and one other prompt are offered.
+    top = {p["path"]: p["top"][0]["label"] for p in preds}
+    rev, _ = predict_images(load_classifier(out / "exports" / "student", clf.labels[::-1]),
+                            [Path(p) for p in top], top_k=1, show_progress=False)
+    assert {p["path"]: p["top"][0]["label"] for p in rev} == top
+    for path, label in top.items():
+        rival = next(lab for lab in clf.labels if lab != label)
+        for pair in ([label, rival], [rival, label]):
+            (pred,), _ = predict_images(load_classifier(out / "exports" / "student", pair), [Path(path)], top_k=1,
+                                        show_progress=False)
+            assert pred["top"][0]["label"] == label, (path, pair)
     probs = clf.score(np.zeros((1, 3, clf.view.image_size, clf.view.image_size), np.float32))
     assert probs.shape == (1, 4) and probs.sum() == pytest.approx(1.0, abs=1e-5)
     from edgedistill.cli import main
@@ -570,7 +583,14 @@ def test_distill_prompts_pool_end_to_end_and_predict_new_prompts(tmp_path, capsy
     assert main(["predict", str(out / "exports" / "student"), str(tmp_path / "held"), "--top_k", "1",
                  "--prompts", "[a fox, a wolf]"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 6 and all(line.rsplit(": ", 1)[1].split(" 0.")[0] in ("a fox", "a wolf") for line in lines)
+    fox_wolf, _ = predict_images(load_classifier(out / "exports" / "student", ["a fox", "a wolf"]),
+                                 sorted((tmp_path / "held").rglob("*.png")), top_k=1, show_progress=False)
+    want = {p["path"]: p["top"][0]["label"] for p in fox_wolf}
+    assert len(lines) == 6 and {line.rsplit(": ", 1)[0]: line.rsplit(": ", 1)[1].split(" 0.")[0] for line in lines} == want
+    assert main(["predict", str(out / "exports" / "student"), str(tmp_path / "held"), "--top_k", "1",
+                 "--prompts", "[a wolf, a fox]"]) == 0  # the other order: the same answer per image
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert {line.rsplit(": ", 1)[0]: line.rsplit(": ", 1)[1].split(" 0.")[0] for line in lines} == want
 
     # A rerun reuses the retrieval and the trained student.
     stamp = (out / "runs" / "emb" / "student.safetensors").stat().st_mtime_ns

@@ -391,7 +391,10 @@ def test_teacher_registry():
 
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for cuda in (False, True):  # both worlds, whatever this machine has
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+            assert resolve_device("auto") == torch.device("cuda" if cuda else "cpu")
     with pytest.raises(ConfigError, match="tpu"):
         resolve_device("tpu")
     if not torch.cuda.is_available():

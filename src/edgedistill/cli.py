@@ -81,6 +81,9 @@ def _config_class(func) -> type | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    for stream in (sys.stdout, sys.stderr):  # Linux names are bytes: print a non-UTF-8 path escaped, never crash on it
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -100,15 +103,19 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as e:  # --help, or jsonargparse's own exit
             return int(e.code or 0)
         except Exception as e:  # noqa: BLE001 - jsonargparse raises ArgumentError / ValueError on bad flags
-            print(f"error: edgedistill {name}: {_one_line(e)}", file=sys.stderr)
+            print(f"error: edgedistill {name}: {_single_line(_one_line(e))}", file=sys.stderr)
             return 2
         cfg.pop("config", None)
+        wrong = _unchecked_values(func, cfg.as_dict())
+        if wrong:  # jsonargparse type-checks flags, but lets these through from a --config file to the dataclass
+            print(f"error: edgedistill {name}: {_single_line(wrong)}", file=sys.stderr)
+            return 2
         kwargs = parser.instantiate(cfg)
         kwargs.pop("config", None)
         config_cls = _config_class(func)
         func(config_cls(**kwargs)) if config_cls is not None else func(**kwargs)
     except EdgeDistillError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_single_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -137,6 +144,41 @@ def _positionals_to_flags(func, argv: list[str]) -> list[str]:
 
 
 _LITERAL = re.compile(r'Parser key "(?P<key>[^"]+)":\s*Expected a typing\.Literal\[(?P<choices>[^\]]*)\]\.\s*Got value: (?P<value>.*)')
+
+
+def _unchecked_values(func, values: dict) -> str | None:
+    """What is wrong with the first value jsonargparse passes unchecked from a --config file: a null where the
+    parameter or dataclass field does not allow None, or a section (a config dataclass) that is not a mapping."""
+    import dataclasses
+    import types
+    import typing
+
+    def allows_none(tp) -> bool:
+        return tp is typing.Any or tp is type(None) or (
+            typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp))
+
+    def walk(hints: dict, vals: dict, prefix: str) -> str | None:
+        for key, value in vals.items():
+            tp = hints.get(key)
+            if tp is None:
+                continue
+            if value is None and not allows_none(tp):
+                return f"{prefix}{key}=null is invalid; give a value (see --help)"
+            if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+                if not isinstance(value, dict):
+                    return f"{prefix}{key}={value!r} is invalid; give a mapping of its fields (see --help)"
+                found = walk(typing.get_type_hints(tp), value, f"{prefix}{key}.")
+                if found:
+                    return found
+        return None
+
+    config_cls = _config_class(func)
+    return walk(typing.get_type_hints(config_cls or func), values, "")
+
+
+def _single_line(text: str) -> str:
+    """The message with line breaks escaped: a file name may hold a newline, and an error is one line."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _one_line(e: BaseException) -> str:

@@ -49,6 +49,9 @@ def read_manifest(path: str | os.PathLike) -> tuple[dict, list[dict]]:
         raise DataError(f"Manifest {str(path)!r} lacks column(s) {missing}; its header must be {','.join(MANIFEST_COLUMNS)}")
     rows, seen = [], {}
     for n, row in enumerate(reader, 2):
+        if None in row or None in row.values():  # csv.DictReader's marks of a line longer or shorter than the header
+            raise DataError(f"{path}:{n}: the line has {len(row) - (None in row) - sum(v is None for v in row.values())}"
+                            f" fields where the header has {len(reader.fieldnames)}; keep each row whole")
         if row["class"] not in record["classes"]:
             raise DataError(f"{path}:{n}: class {row['class']!r} is not one of the retrieval's classes {record['classes']}")
         try:

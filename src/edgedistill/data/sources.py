@@ -96,7 +96,7 @@ def _hash_file_list(root: Path, files: list[Path]) -> str:
             st = p.stat()
         except OSError as e:
             raise DataError(f"Image {str(p)!r} disappeared or became unreadable while listing ({e.strerror})") from e
-        h.update(f"{p.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        h.update(f"{p.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))  # names need not be UTF-8
     return h.hexdigest()
 
 
