@@ -64,7 +64,29 @@ def build_parser(name: str):
         parser.add_class_arguments(config_cls, as_group=False)
     else:
         parser.add_function_arguments(func, as_group=False)
+    _list_registry_choices(parser, func, config_cls)
     return parser, func
+
+
+def _list_registry_choices(parser, func, config_cls: type | None) -> None:
+    """Flags naming a registry entry (``config.choice``) show the names registered now, plugins' included."""
+    import dataclasses
+    import typing
+
+    from edgedistill.config import registry_fields
+
+    if config_cls is not None:
+        flags = registry_fields(config_cls)
+    else:
+        flags = {}
+        for name, hint in typing.get_type_hints(func).items():
+            hint = next((a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)), hint)  # X | None
+            if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+                flags.update(registry_fields(hint, f"{name}."))
+    for action in parser._actions:
+        if action.dest in flags:
+            registry, extra = flags[action.dest]
+            action.help = f"{action.help or ''} (valid: {', '.join([*extra, *registry.names()])})"
 
 
 def _config_class(func) -> type | None:
@@ -103,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: edgedistill {name}: {_one_line(e)}", file=sys.stderr)
             return 2
         cfg.pop("config", None)
+        if cfg.get("plugins"):  # before the configs are built: plugins register the names they may use
+            from edgedistill.config import check_plugins
+            from edgedistill.registry import load_plugins
+
+            load_plugins(check_plugins(cfg["plugins"]))
         kwargs = parser.instantiate(cfg)
         kwargs.pop("config", None)
         config_cls = _config_class(func)

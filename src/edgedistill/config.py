@@ -6,10 +6,13 @@ field with its docstring, ``--config file.yaml`` loads them, and dotted flags
 files (``edgedistill run``) are plain YAML of the same sections (``data``, ``teacher``,
 ``train``), read by :func:`from_dict`.
 
-Validation happens once, on construction (``__post_init__``): every ``Literal`` field is
-checked by :func:`check_choices`, ranges by :func:`require`; a bad value raises a
-``ConfigError`` that names the flag, the value and what is allowed. This module imports
-neither torch nor any model library, so the deploy runtime can use it too.
+Validation happens once, on construction (``__post_init__``): every ``Literal`` field and
+every field naming a registry entry (:func:`choice`: teacher kinds, heads, losses, datasets,
+prompt templates, runtimes) is checked by :func:`check_choices`, ranges by :func:`require`; a
+bad value raises a ``ConfigError`` that names the flag, the value and what is allowed. The
+registry-backed choices are read from ``edgedistill.registry`` when a config is built, never
+copied here, so an entry a plugin registers (``plugins``) is a valid choice. This module
+imports neither torch nor any model library, so the deploy runtime can use it too.
 """
 
 from __future__ import annotations
@@ -22,23 +25,20 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
 from edgedistill.errors import ConfigError
+from edgedistill.registry import DATASETS, HEADS, LOSSES, RUNTIMES, TEACHERS, TEMPLATES, Registry, load_plugins
 
 DEFAULT_CACHE_DIR = "~/.cache/edgedistill"
 """Root of the teacher-output and pixel caches, unless a command is given another."""
 DEFAULT_DATA_DIR = "~/.cache/edgedistill-data"
 """Where datasets are looked for (and downloaded to) when ``data.root`` is not set."""
 
-Dataset = Literal["stl10", "cifar10", "fashion_mnist", "imagefolder", "demo", "pool", "manifest"]
-TeacherKind = Literal["openclip", "timm", "efficientnet_lite0"]
 TeacherRuntime = Literal["torch", "onnxruntime"]
 Target = Literal["labels", "logits", "embedding"]
-HeadKind = Literal["text", "label_map", "linear"]
 FeatureLoss = Literal["mse", "mse_normalized", "cosine"]
 KDReduction = Literal["batchmean", "mean"]
 Optimizer = Literal["sgd", "adamw", "adam"]
 Schedule = Literal["cosine", "constant"]
 Accelerator = Literal["auto", "cpu", "gpu", "cuda"]
-Templates = Literal["ensemble", "tutorial", "simple"]
 SearchKind = Literal["auto", "exact", "faiss"]
 
 CACHED_CROP_SCALE: tuple[float, float] = (0.35, 1.0)
@@ -64,16 +64,44 @@ def _literal_choices(tp: Any) -> tuple | None:
     return None
 
 
+def choice(registry: Registry, default: Any, extra: tuple[str, ...] = ()) -> Any:
+    """A config field whose value names an entry of ``registry`` (or one of ``extra``, e.g. ``auto``), or, for a list
+    field (``default`` a list), whose values do; checked against the live registry by :func:`check_choices`."""
+    meta = {"registry": registry, "extra": extra}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def registry_fields(cls: type, prefix: str = "") -> dict[str, tuple[Registry, tuple[str, ...]]]:
+    """``{"teacher.kind": (TEACHERS, extra), ...}``: the registry-backed fields of config ``cls`` and its nested
+    configs, by flag (the CLI lists their live choices in ``--help``)."""
+    out = {}
+    for f in fields(cls):
+        tp = _hints(cls).get(f.name)
+        if "registry" in f.metadata:
+            out[prefix + f.name] = (f.metadata["registry"], f.metadata["extra"])
+        elif dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            out.update(registry_fields(tp, f"{prefix}{f.name}."))
+    return out
+
+
 def check_choices(obj: Any) -> None:
-    """Check every ``Literal``-typed field of a config dataclass; the one enum check of the package.
+    """Check every ``Literal``-typed and registry-backed (:func:`choice`) field of a config dataclass; the one enum
+    check of the package.
 
     Raises:
         ConfigError: ``<section>.<field>='<value>' is invalid; valid: a, b, c``.
     """
     section = getattr(obj, "section", type(obj).__name__)
     for f in fields(obj):
-        choices = _literal_choices(_hints(type(obj))[f.name])
         value = getattr(obj, f.name)
+        if "registry" in f.metadata:
+            for v in (value if isinstance(value, list) else [value]):
+                if v is not None:
+                    f.metadata["registry"].check(v, f"{section}.{f.name}", f.metadata["extra"])
+            continue
+        choices = _literal_choices(_hints(type(obj))[f.name])
         if choices is not None and value not in choices and value is not None:
             raise ConfigError(f"{section}.{f.name}={value!r} is invalid; valid: {', '.join(map(str, choices))}")
 
@@ -105,6 +133,8 @@ def from_dict(cls: type[T], values: Any, where: str) -> T:
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"{where} must be a mapping of {cls.__name__} fields, got {type(values).__name__} {values!r}")
+    if "plugins" in values and any(f.name == "plugins" for f in fields(cls)):
+        load_plugins(check_plugins(values["plugins"], where))  # first: they register the choices the rest may name
     known = {f.name: f for f in fields(cls) if f.init}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -119,6 +149,17 @@ def from_dict(cls: type[T], values: Any, where: str) -> T:
         return cls(**kwargs)
     except TypeError as e:  # a value of the wrong type inside __post_init__'s comparisons
         raise ConfigError(f"{where}: {e}") from None
+
+
+def check_plugins(value: Any, where: str = "plugins") -> list[str]:
+    """A ``plugins`` value as a list of module names / ``.py`` paths (see ``registry.load_plugins``)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}.plugins={value!r} is invalid; give a list of module names or .py paths")
+    return list(value)
 
 
 def replace(obj: T, **changes: Any) -> T:
@@ -161,8 +202,9 @@ class DataConfig:
 
     section: ClassVar[str] = "data"
 
-    dataset: Dataset = "demo"
-    """stl10, cifar10, fashion_mnist, imagefolder, demo (the CIFAR-10 subset bundled in the package), pool (unlabeled
+    dataset: str = choice(DATASETS, "demo")
+    """A dataset opener of ``registry.DATASETS``: stl10, cifar10, fashion_mnist, imagefolder, demo (the CIFAR-10 subset
+    bundled in the package), pool (unlabeled
     images only: ``root`` and ``unlabeled``, classes from ``prompts``) or manifest (the images a retrieval kept, with
     their classes: ``root`` is its ``manifest.csv``)."""
     root: str | None = None
@@ -216,8 +258,9 @@ class TeacherConfig:
 
     section: ClassVar[str] = "teacher"
 
-    kind: TeacherKind = "openclip"
-    """openclip (image-text model), timm (an ImageNet classifier by timm name) or efficientnet_lite0 (offline, from PyPI)."""
+    kind: str = choice(TEACHERS, "openclip")
+    """A teacher kind of ``registry.TEACHERS``: openclip (image-text model), timm (an ImageNet classifier by timm name),
+    efficientnet_lite0 (offline, from PyPI), or a plugin's."""
     model: str | None = None
     """open_clip model name (``open_clip.list_models()``) or timm model name; None: the kind's default
     (openclip: ViT-B-32; efficientnet_lite0: tf_efficientnet_lite0; timm: required)."""
@@ -270,8 +313,9 @@ class TrainConfig:
     """Local ImageNet checkpoint of the student architecture (classifier excluded); None: from scratch."""
     target: Target = "labels"
     """What the student learns: labels (cross-entropy), logits (response KD) or embedding (feature KD)."""
-    head: HeadKind = "linear"
-    """Teacher head for KD targets and for classifying an embedding student: text, linear or label_map."""
+    head: str = choice(HEADS, "linear")
+    """Teacher head (``registry.HEADS``) for KD targets and for classifying an embedding student: text, linear,
+    label_map, or a plugin's."""
     head_path: str | None = None
     """A saved head (safetensors + json); required for linear, optional for text; for label_map a map name or JSON."""
     train_split: str = "train"
@@ -306,6 +350,9 @@ class TrainConfig:
     """Weight of the distillation term (>= 0)."""
     ce_weight: float = 0.0
     """Weight of the cross-entropy on labelled images in KD runs (>= 0; 0: distillation only)."""
+    loss: str | None = choice(LOSSES, None)
+    """The training loss (``registry.LOSSES``): ce (labels), kd (response KD), feature (feature KD), or a plugin's; each
+    trains one ``target``. None: the target's own (labels: ce, logits: kd, embedding: feature)."""
     feature_loss: FeatureLoss = "mse"
     """Feature-KD distance: mse (raw embeddings), mse_normalized or cosine."""
     kd_reduction: KDReduction = "batchmean"
@@ -362,8 +409,6 @@ class TrainConfig:
         def need(ok: bool, flag: str, allowed: str) -> None:
             require(ok, "train", flag, getattr(self, flag), allowed)
 
-        need(not (self.target == "embedding" and self.head == "label_map"), "head",
-             "an embedding student needs a text or linear head to classify its embedding")
         need(self.head_logit_scale is None or (self.head_logit_scale > 0 and self.head == "text"), "head_logit_scale",
              "it must be > 0 and only applies to head=text")
         for flag in ("mean", "std"):
@@ -437,9 +482,10 @@ class GridTeacher:
 
     section: ClassVar[str] = "grid.teacher"
 
-    heads: list[HeadKind] = field(default_factory=list)
-    """Heads to evaluate: text, label_map, linear. KD rows with head=linear distil the probe trained here."""
-    templates: Templates = "ensemble"
+    heads: list[str] = choice(HEADS, [])
+    """Heads to evaluate (``registry.HEADS``): text, label_map, linear. KD rows with head=linear distil the probe
+    trained here."""
+    templates: str = choice(TEMPLATES, "ensemble")
     """Prompt templates of the text head."""
     label_map: str | None = None
     """Label map name or JSON path; None: the dataset's shipped map."""
@@ -448,9 +494,6 @@ class GridTeacher:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        bad = [h for h in self.heads if h not in typing.get_args(HeadKind)]
-        if bad:
-            raise ConfigError(f"grid.teacher.heads has {bad}; valid: {', '.join(typing.get_args(HeadKind))}")
 
 
 @dataclass
@@ -492,8 +535,12 @@ class GridConfig:
     """Config values shared by every row."""
     teacher: GridTeacher = field(default_factory=GridTeacher)
     """Teacher heads evaluated before the students."""
+    plugins: list[str] = field(default_factory=list)
+    """Modules imported first, which register teachers, heads, losses, ... (see ``DistillConfig.plugins``)."""
 
     def __post_init__(self) -> None:
+        self.plugins = check_plugins(self.plugins, "grid")
+        load_plugins(self.plugins)
         if not isinstance(self.runs, list) or not self.runs:
             raise ConfigError("A grid needs a non-empty list 'runs'")
         self.runs = [r if isinstance(r, GridRow) else from_dict(GridRow, r, f"grid.runs[{i}]")
@@ -566,8 +613,8 @@ class RetrieveConfig:
     installed and the teacher is CLIP, else exact). Both give the same images."""
     faiss_min_pool: int = 200_000
     """Pool size from which search=auto uses FAISS."""
-    templates: Templates = "ensemble"
-    """Prompt templates of the text head, applied to every name and synonym of a class (distill: heads.templates)."""
+    templates: str = choice(TEMPLATES, "ensemble")
+    """Prompt templates of the text head (``registry.TEMPLATES``), applied to every name and synonym of a class (distill: heads.templates)."""
     label_map: str | None = None
     """Label map (shipped name or JSON path) of an ImageNet-classifier teacher; None: built from the class names and
     synonyms through WordNet, shown and saved for review."""
@@ -608,13 +655,14 @@ class HeadsConfig:
 
     section: ClassVar[str] = "heads"
 
-    zero_shot: Literal["auto", "text", "label_map", "none"] = "auto"
-    """Head that needs no labels: text (CLIP prompts), label_map (ImageNet classes), auto (text for CLIP teachers,
-    label_map for ImageNet classifiers) or none."""
+    zero_shot: str = choice(HEADS, "auto", extra=("auto", "none"))
+    """Head that needs no labels (``registry.HEADS``): text (CLIP prompts), label_map (ImageNet classes), a plugin's,
+    auto (the teacher's own: ``heads.zero_shot_kind``, text for CLIP teachers, label_map for ImageNet classifiers) or
+    none."""
     probe: bool = True
     """Fit a linear probe on the teacher's embeddings of the labeled training images (when there are labels)."""
-    templates: Templates = "ensemble"
-    """Prompt templates of the text head."""
+    templates: str = choice(TEMPLATES, "ensemble")
+    """Prompt templates of the text head (``registry.TEMPLATES``)."""
     label_map: str | None = None
     """Label map name or JSON path for the label_map head; None: a shipped map covering the classes."""
 
@@ -664,12 +712,13 @@ class DeploySettings:
     """Untimed runs before each measurement."""
     iters: int = 30
     """Timed runs per measurement."""
-    runtimes: list[str] = field(default_factory=lambda: ["onnxruntime"])
-    """Runtimes raced (deploy.bench.RUNTIMES; unavailable ones are skipped with the reason)."""
+    runtimes: list[str] = choice(RUNTIMES, ["onnxruntime"])
+    """Runtimes raced (``registry.RUNTIMES``, the deployment runtimes; unavailable ones are skipped with the reason)."""
     tutorial_teacher: str | None = "ViT-B-32"
     """Also race this open_clip image tower (random-init: speed does not depend on weights), the tutorial's teacher."""
 
     def __post_init__(self) -> None:
+        check_choices(self)
         require(self.calib_size >= 1, "deploy", "calib_size", self.calib_size, "it must be >= 1")
         require(bool(self.batch_sizes) and min(self.batch_sizes) >= 1, "deploy", "batch_sizes", self.batch_sizes,
                 "give batch sizes >= 1")
@@ -716,8 +765,14 @@ class DistillConfig:
     students; its labels are used for nothing else. None: no accuracy against real labels."""
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     """How images are retrieved from the pool (with ``prompts`` and ``pool``)."""
+    plugins: list[str] = field(default_factory=list)
+    """Modules imported first, which register teachers, heads, losses, datasets or templates (``registry``): module
+    names importable from ``sys.path`` or paths of ``.py`` files. Installed packages can instead declare the entry
+    point group ``edgedistill.plugins``."""
 
     def __post_init__(self) -> None:
+        self.plugins = check_plugins(self.plugins, "distill")
+        load_plugins(self.plugins)
         if isinstance(self.pool, str):
             self.pool = [self.pool]
         if (self.prompts is None) != (not self.pool):
@@ -798,6 +853,6 @@ class OptimizeConfig:
 __all__ = [
     "CACHED_CROP_SCALE", "DEFAULT_CACHE_DIR", "DEFAULT_DATA_DIR", "DataConfig", "DeploySettings", "DistillConfig",
     "GridConfig", "GridRow", "GridSections", "GridTeacher", "HeadsConfig", "OptimizeConfig", "RECORD_IGNORED", "RetrieveConfig",
-    "StudentRow", "TeacherConfig", "TrainConfig", "asdict", "check_choices", "from_dict", "replace", "require",
-    "split_names",
+    "StudentRow", "TeacherConfig", "TrainConfig", "asdict", "check_choices", "check_plugins", "choice", "from_dict",
+    "registry_fields", "replace", "require", "split_names",
 ]

@@ -405,6 +405,7 @@ def plan_retrieval(
             but missing or for a label map.
     """
     from edgedistill.data.splits import build_splits
+    from edgedistill.heads import zero_shot_kind
     from edgedistill.heads.label_map import OTHER, with_other
     from edgedistill.prompts import class_names, prompt_head, prompts_digest, read_prompts
     from edgedistill.teachers import create_teacher
@@ -416,11 +417,8 @@ def plan_retrieval(
     data = DataConfig(dataset="pool", unlabeled=paths, prompts=str(prompts), held_out=held_out, val_fraction=0.0)
     splits = build_splits(data)
     model = teacher_model if teacher_model is not None else create_teacher(teacher, cache_dir)
-    if getattr(model, "has_text", False):
-        kind = "text"
-    elif model.num_classes:
-        kind = "label_map"
-    else:
+    kind = zero_shot_kind(model)  # the one rule: text for CLIP teachers, label_map for ImageNet classifiers
+    if kind not in ("text", "label_map"):
         raise ConfigError(f"Teacher {teacher.describe()} has neither a text tower nor class logits: nothing scores prompts")
     if cfg.label_map is not None and kind != "label_map":
         raise ConfigError(f"retrieve.label_map={cfg.label_map!r} is for ImageNet-classifier teachers; "

@@ -42,6 +42,7 @@ from edgedistill.data.sources import (
     unique_key,
 )
 from edgedistill.errors import DataError
+from edgedistill.registry import DATASETS
 
 SPLITS = ("train", "val", "test", "unlabeled")
 DEFAULT_FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -352,8 +353,6 @@ def _manifest(cfg: DataConfig) -> tuple[Path, list[Source], list[Source], list[S
     return Path(cfg.root).expanduser().resolve(), labeled, _held_out(cfg, classes), []
 
 
-_OPENERS = {"stl10": _stl10, "cifar10": _cifar10, "fashion_mnist": _fashion_mnist, "imagefolder": _imagefolder, "demo": _demo,
-            "pool": _pool, "manifest": _manifest}
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,7 +371,7 @@ def build_splits(cfg: DataConfig) -> DataSplits:
     Raises:
         DataError: missing or malformed data, or an extra unlabeled path that is not images.
     """
-    root, labeled, test, unlabeled = _OPENERS[cfg.dataset](cfg)
+    root, labeled, test, unlabeled = DATASETS[cfg.dataset](cfg)  # the openers above, by registry.DATASETS
     for path in cfg.unlabeled if cfg.dataset not in ("pool", "manifest") else []:  # a pool's own paths are opened
         stem = safe_name(Path(path).name.removesuffix(".tar"), "images")
         unlabeled.append(UnlabeledImages(path, unique_key(f"extra/{stem}", {s.key for s in unlabeled})))

@@ -42,6 +42,7 @@ from edgedistill.config import (
     StudentRow,
     TeacherConfig,
     asdict,
+    check_choices,
     from_dict,
 )
 from edgedistill.console import say
@@ -108,6 +109,8 @@ class DistillPlan:
     notes: list[str] = field(default_factory=list)
     retrieval: Any = None
     """Zero labels: the checked ``retrieve.RetrievalPlan`` that makes the training images (``data`` is its manifest)."""
+    teacher_params: int | None = None
+    """The teacher's parameter count (it is built once at plan time, to choose its zero-shot head)."""
 
 
 def plan_distill(cfg: DistillConfig) -> DistillPlan:
@@ -120,6 +123,7 @@ def plan_distill(cfg: DistillConfig) -> DistillPlan:
 
     from edgedistill.data.splits import build_splits
 
+    check_choices(cfg.deploy)  # a runtime typo (registry.RUNTIMES) fails here, not after training
     gpu = torch.cuda.is_available()
     shared = GridSections(data=asdict(cfg.data), teacher=asdict(cfg.teacher), train=asdict(cfg.train))
     notes = []
@@ -136,9 +140,8 @@ def plan_distill(cfg: DistillConfig) -> DistillPlan:
     splits = build_splits(data)
     has_labels = data.train_labels and bool((splits.labels("train") >= 0).any())
     has_test = bool(splits.size("test"))
-    zero_shot = cfg.heads.zero_shot
-    if zero_shot == "auto":
-        zero_shot = "text" if teacher.kind == "openclip" else "label_map"
+    model = _plan_teacher(teacher)
+    zero_shot = _zero_shot_head(cfg.heads.zero_shot, model, teacher)
     heads = ([zero_shot] if zero_shot != "none" else []) + (["linear"] if cfg.heads.probe and has_labels else [])
     if not has_labels:
         notes.append("The training images have no labels here: no linear probe and no from-labels baseline; the "
@@ -148,7 +151,37 @@ def plan_distill(cfg: DistillConfig) -> DistillPlan:
                          only=f"this run has only {heads or 'no heads'}; set its train.head to one of them")
     if not has_test:
         notes.append(f"Dataset {data.dataset!r} has no held-out test split: the numbers are validation accuracy.")
-    return DistillPlan(cfg, data, teacher, grid, heads, has_labels, has_test, gpu, notes)
+    return DistillPlan(cfg, data, teacher, grid, heads, has_labels, has_test, gpu, notes,
+                       teacher_params=_count(model))
+
+
+def _plan_teacher(teacher: TeacherConfig):
+    """The teacher, built once at plan time (on the CPU, in torch): its weights are found before any work, and its
+    outputs decide its zero-shot head."""
+    from edgedistill.teachers import create_teacher
+
+    return create_teacher(replace(teacher, device="cpu", runtime="torch"))
+
+
+def _count(model) -> int:
+    from edgedistill.students import count_parameters
+
+    return count_parameters(model)
+
+
+def _zero_shot_head(asked: str, model, teacher: TeacherConfig) -> str:
+    """``heads.zero_shot`` resolved for this teacher: ``auto`` is its own (``heads.zero_shot_kind``); a named head must
+    need no labels and be one the teacher can feed; ``none`` stays."""
+    from edgedistill.heads import HEADS, head_class, zero_shot_kind
+
+    if asked == "none":
+        return asked
+    kind = zero_shot_kind(model) if asked == "auto" else asked
+    fitting = [k for k in HEADS if not HEADS[k].needs_labels and HEADS[k].fits(model)]
+    if kind is None or head_class(kind).needs_labels or not head_class(kind).fits(model):
+        raise ConfigError(f"heads.zero_shot={asked!r} is invalid for teacher {teacher.describe()}: its zero-shot heads "
+                          f"are {', '.join(fitting) or 'none'}; set one of them, or none")
+    return kind
 
 
 def _student_grid(cfg: DistillConfig, shared: GridSections, students: list[StudentRow], heads: list[str],
@@ -161,6 +194,9 @@ def _student_grid(cfg: DistillConfig, shared: GridSections, students: list[Stude
     """
     for key in ("name", "resume"):  # each student is its own run, named by its row; finished runs are found again
         shared.train.pop(key, None)
+    from edgedistill.heads import check_head_target
+    from edgedistill.losses import resolve_loss
+
     rows = []
     for r in students:
         train = {**shared.train, **r.train}
@@ -174,8 +210,14 @@ def _student_grid(cfg: DistillConfig, shared: GridSections, students: list[Stude
         raise ConfigError("distill needs at least one distilled student (train.target logits or embedding)")
     grid = GridConfig(runs=rows, name=cfg.name, out_dir=str(Path(cfg.out) / "runs"), cache_dir=cfg.cache_dir,
                       defaults=shared, teacher=GridTeacher(heads=heads, templates=cfg.heads.templates, label_map=label_map))
-    for row in grid.runs:
-        grid.configs(row)  # every student's full config is valid before the teacher runs on one image
+    for row in grid.runs:  # every student's full config is valid before the teacher runs on one image
+        tcfg = grid.configs(row)[2]
+        try:
+            resolve_loss(tcfg)
+            if tcfg.target != "labels":
+                check_head_target(tcfg.head, tcfg.target)
+        except ConfigError as e:
+            raise ConfigError(f"Student {row.name!r}: {e}") from None
     return grid
 
 
@@ -425,7 +467,7 @@ def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = No
         "data": {"dataset": plan.data.dataset, "counts": _counts(plan.data), "train_labels": plan.has_labels,
                  "held_out": "test" if plan.has_test else None},
         "teacher": {"describe": plan.teacher.describe(), "image_size": plan.teacher.image_size,
-                    "runtime": plan.teacher.runtime, "params": _teacher_params(plan.teacher),
+                    "runtime": plan.teacher.runtime, "params": plan.teacher_params or _teacher_params(plan.teacher),
                     "heads": {k: {"val_acc": r["val_acc"], "test_acc": r["test_acc"]} for k, r in teacher_rows.items()}},
         "students": [
             {"name": r["name"], "arch": r["arch"], "target": r["target"], "head": r["head"],
