@@ -147,6 +147,7 @@ def test_plugin_teacher_head_and_loss_run_a_distill_from_yaml(tmp_path: Path, pl
     r = json.loads((tmp_path / "out" / "results.json").read_text())
     assert list(r["teacher"]["heads"]) == ["prototype"] and r["teacher"]["describe"].startswith("colour:")
     assert r["best_student"] == "kd" and r["students"][0]["head"] == "prototype"
+    assert r["students"][0]["loss"] == "l1_kd"
     assert (tmp_path / "out" / "exports" / "teacher" / "model.onnx").is_file()  # the plugin teacher exported too
     log = (Path(r["students"][0]["run_dir"]) / "logs" / "session0" / "metrics.csv").read_text()
     assert "train/kd" in log.splitlines()[0]

@@ -41,24 +41,37 @@ from edgedistill.config import (
     GridTeacher,
     StudentRow,
     TeacherConfig,
+    TrainConfig,
     asdict,
     check_choices,
     from_dict,
 )
 from edgedistill.console import say
 from edgedistill.errors import ConfigError
+from edgedistill.pipelines.results import (
+    DataSummary,
+    DeployRow,
+    DistillResults,
+    Evaluation,
+    ExportSummary,
+    HeadScore,
+    Invocation,
+    Machine,
+    RetrievalSummary,
+    StudentResult,
+    TeacherSummary,
+)
 
 DEMO_CONFIG = "demo.yaml"
 
 
-def _earlier_invocations(path: Path) -> list[dict]:
+def _earlier_invocations(path: Path) -> list[Invocation]:
     """The invocations recorded by an earlier ``results.json`` in the same folder (a rerun reuses their work)."""
     if not path.is_file():
         return []
     try:
-        prev = storage.read_json(path)
-        return list(prev.get("invocations") or [{"finished": prev["finished"], "elapsed_s": prev["elapsed_s"]}])
-    except Exception:  # noqa: BLE001 - a damaged record of timings loses only the timings
+        return DistillResults.load(path).invocations
+    except Exception:  # noqa: BLE001 - a damaged (or older-schema) record of timings loses only the timings
         return []
 
 
@@ -393,8 +406,8 @@ def _teacher_params(teacher_cfg: TeacherConfig) -> int:
     return count_parameters(create_teacher(replace(teacher_cfg, device="cpu", runtime="torch")))
 
 
-def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = None) -> dict:
-    """Run the whole job into ``cfg.out``; returns the ``results.json`` dict (also written, with report.md).
+def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = None) -> DistillResults:
+    """Run the whole job into ``cfg.out``; returns its results (also written: ``results.json``, with report.md).
 
     Args:
         cfg: the job.
@@ -433,9 +446,7 @@ def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = No
     if plan.retrieval is not None and plan.retrieval.kind == "text":
         _score_prompt_head(plan, grid["rows"])
     write_grid_results(grid, Path(plan.grid.out_dir))
-    teacher_rows = {r["target"]: r for r in grid["rows"] if r["kind"] == "teacher"}
-    students = [r for r in grid["rows"] if r["kind"] == "student"]
-    distilled = [r for r in students if r["target"] != "labels"]
+    distilled = [r for r in grid["rows"] if r["kind"] == "student" and r["target"] != "labels"]
     best = max(distilled, key=lambda r: -1.0 if r["val_acc"] is None else r["val_acc"])  # chosen on val, never test
     best_run = Path(best["run_dir"])
 
@@ -452,49 +463,8 @@ def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = No
     bench = _bench(plan, student_dir, teacher_dir, out, tutorial_teacher_config)
 
     steps.start("report", "report")
-    from edgedistill.deploy.bench import machine_info
-
-    student_export = storage.read_json(student_dir / "export.json")
-    metrics = {r["name"]: storage.read_json(Path(r["run_dir"]) / "metrics.json") for r in students}
-    results = {
-        "name": cfg.name,
-        "command": "edgedistill " + " ".join(map(shlex.quote, sys.argv[1:])) if sys.argv[1:2] in (["distill"], ["demo"])
-        else f"edgedistill distill --config {out / 'config.yaml'}",
-        "machine": machine_info(),
-        "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "notes": plan.notes,
-        "gpu_budget": plan.gpu,
-        "data": {"dataset": plan.data.dataset, "counts": _counts(plan.data), "train_labels": plan.has_labels,
-                 "held_out": "test" if plan.has_test else None},
-        "teacher": {"describe": plan.teacher.describe(), "image_size": plan.teacher.image_size,
-                    "runtime": plan.teacher.runtime, "params": plan.teacher_params or _teacher_params(plan.teacher),
-                    "heads": {k: {"val_acc": r["val_acc"], "test_acc": r["test_acc"]} for k, r in teacher_rows.items()}},
-        "students": [
-            {"name": r["name"], "arch": r["arch"], "target": r["target"], "head": r["head"],
-             "kwargs": metrics[r["name"]].get("student_kwargs") or _student_kwargs(Path(r["run_dir"])),
-             "n_unlabeled": r["n_unlabeled"], "val_acc": r["val_acc"], "test_acc": r["test_acc"],
-             "params": metrics[r["name"]].get("student_params"), "train_s": r["train_s"],
-             "epochs": metrics[r["name"]].get("epochs_completed"), "images_per_s": metrics[r["name"]].get("images_per_s"),
-             "n_val": metrics[r["name"]].get("n_val"), "run_dir": r["run_dir"]}
-            for r in students],
-        "best_student": best["name"],
-        "evaluation": {k: evaluation[k] for k in ("acc", "n", "per_class")} if evaluation else None,
-        "export": {"files": student_export["files"], "parity": student_export["parity"],
-                   "accuracy": student_export["accuracy"], "split": "test" if plan.has_test else "val",
-                   "dir": str(student_dir)},
-        "deploy": [{k: r[k] for k in ("model", "arch", "runtime", "precision", "batch", "resolution", "throughput_ips",
-                                      "latency_ms_p50", "latency_ms_p95", "peak_mem_mb", "file_mb")} for r in bench["rows"]],
-        "elapsed_s": round(time.time() - t0, 1),
-        "step_seconds": steps.done(),  # the report step: until these results were composed
-    }
-    results["invocations"] = _earlier_invocations(out / "results.json") + [
-        {"finished": results["finished"], "elapsed_s": results["elapsed_s"]}]
-    if retrieval is not None:
-        results["retrieval"] = {k: retrieval[k] for k in ("classes", "counts", "kept", "search", "score", "head")}
-        results["retrieval"].update(pool_images=retrieval["pool"]["images"], dir=str(out / "retrieve"),
-                                    manifest=str(out / "retrieve" / "manifest.csv"),
-                                    contact_sheet=str(out / "retrieve" / retrieval["files"]["contact_sheet"]))
-    storage.write_json(out / "results.json", results)
+    results = _results(plan, grid["rows"], best["name"], evaluation, student_dir, bench, retrieval, out, t0, steps)
+    results.write(out / "results.json")
     for png in ("accuracy.png", "accuracy_vs_unlabeled.png"):
         storage.write_bytes(out / png, (Path(plan.grid.out_dir) / png).read_bytes())
     storage.write_bytes(out / "bench.png", (out / "bench" / "bench.png").read_bytes())
@@ -503,6 +473,61 @@ def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = No
     print(f"report: {report}")
     print(f"deployed student: {student_dir} (edgedistill predict {student_dir} IMAGES...)")
     return results
+
+
+# ----------------------------------------------------------------------------- results.json
+
+
+def _results(plan: DistillPlan, rows: list[dict], best: str, evaluation: dict | None, student_dir: Path, bench: dict,
+             retrieval: dict | None, out: Path, t0: float, steps: _Steps) -> DistillResults:
+    """The run's ``results.json`` (``pipelines.results``), from what each step left."""
+    from edgedistill.deploy.bench import machine_info
+    from edgedistill.heads import head_class
+
+    cfg = plan.cfg
+    command = ("edgedistill " + " ".join(map(shlex.quote, sys.argv[1:])) if sys.argv[1:2] in (["distill"], ["demo"])
+               else f"edgedistill distill --config {out / 'config.yaml'}")
+    heads = {}
+    for r in (r for r in rows if r["kind"] == "teacher"):
+        cls = head_class(r["target"])
+        heads[r["target"]] = HeadScore(r["val_acc"], r["test_acc"], cls.title, cls.needs_labels)
+    teacher = TeacherSummary(plan.teacher.describe(), plan.teacher.image_size, plan.teacher.runtime,
+                             plan.teacher_params or _teacher_params(plan.teacher), heads)
+    train_cfgs = {row.name: plan.grid.configs(row)[2] for row in plan.grid.runs}
+    students = [_student_result(r, train_cfgs[r["name"]]) for r in rows if r["kind"] == "student"]
+    export = storage.read_json(student_dir / "export.json")
+    finished = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    elapsed = round(time.time() - t0, 1)
+    return DistillResults(
+        name=cfg.name, command=command, machine=Machine.from_info(machine_info()), finished=finished,
+        notes=plan.notes, gpu_budget=plan.gpu,
+        data=DataSummary(plan.data.dataset, _counts(plan.data), plan.has_labels, "test" if plan.has_test else None),
+        teacher=teacher, students=students, best_student=best,
+        evaluation=Evaluation(evaluation["acc"], evaluation["n"], evaluation["per_class"]) if evaluation else None,
+        export=ExportSummary(export["files"], export["parity"], export["accuracy"], "test" if plan.has_test else "val",
+                             str(student_dir)),
+        deploy=[DeployRow.from_row(r) for r in bench["rows"]],
+        elapsed_s=elapsed, step_seconds=steps.done(),  # the report step: until these results were composed
+        invocations=_earlier_invocations(out / "results.json") + [Invocation(finished, elapsed)],
+        retrieval=None if retrieval is None else RetrievalSummary(
+            retrieval["classes"], retrieval["counts"], retrieval["kept"], retrieval["search"], retrieval["score"],
+            retrieval["head"], retrieval["pool"]["images"], str(out / "retrieve"), str(out / "retrieve" / "manifest.csv"),
+            str(out / "retrieve" / retrieval["files"]["contact_sheet"])),
+    )
+
+
+def _student_result(row: dict, tcfg: TrainConfig) -> StudentResult:
+    """One student's results: its grid row, its run's ``metrics.json``, and its config's loss."""
+    from edgedistill.losses import DEFAULT_LOSS
+
+    run_dir = Path(row["run_dir"])
+    m = storage.read_json(run_dir / "metrics.json")
+    return StudentResult(
+        name=row["name"], arch=row["arch"], target=row["target"], head=row["head"],
+        loss=tcfg.loss or DEFAULT_LOSS[tcfg.target], kwargs=m.get("student_kwargs") or _student_kwargs(run_dir),
+        n_unlabeled=row["n_unlabeled"], val_acc=row["val_acc"], test_acc=row["test_acc"],
+        params=m.get("student_params"), train_s=row["train_s"], epochs=m.get("epochs_completed"),
+        images_per_s=m.get("images_per_s"), n_val=m.get("n_val"), run_dir=row["run_dir"])
 
 
 def _counts(data: DataConfig) -> dict:
@@ -515,17 +540,16 @@ def _student_kwargs(run_dir: Path) -> dict:
     return storage.read_json(run_dir / "student.json").get("kwargs", {})
 
 
-def summary_table(results: dict) -> str:
+def summary_table(results: DistillResults) -> str:
     """The final table on stdout: each model's accuracy, and the deployed student against the teacher."""
     from edgedistill.pipelines.report import headline, pct
 
-    held = results["data"]["held_out"]
-    lines = [f"| model | val acc | {held or 'held-out'} acc |", "|---|---:|---:|"]
-    for head, r in results["teacher"]["heads"].items():
-        lines.append(f"| teacher {head} | {pct(r['val_acc'])} | {pct(r['test_acc'])} |")
-    for s in results["students"]:
-        mark = " (deployed)" if s["name"] == results["best_student"] else ""
-        lines.append(f"| {s['name']}{mark} | {pct(s['val_acc'])} | {pct(s['test_acc'])} |")
+    lines = [f"| model | val acc | {results.data.held_out or 'held-out'} acc |", "|---|---:|---:|"]
+    for head, r in results.teacher.heads.items():
+        lines.append(f"| teacher {head} | {pct(r.val_acc)} | {pct(r.test_acc)} |")
+    for s in results.students:
+        mark = " (deployed)" if s.name == results.best_student else ""
+        lines.append(f"| {s.name}{mark} | {pct(s.val_acc)} | {pct(s.test_acc)} |")
     return "\n".join(lines + [""] + headline(results))
 
 
