@@ -41,7 +41,9 @@ import datetime as _dt
 import fcntl
 import json
 import os
+import sys
 import time
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -792,6 +794,46 @@ def cache_command(
     print(f"done in {time.perf_counter() - t0:.1f}s")
 
 
+def cache(
+    data: DataConfig | dict | str | os.PathLike | None = None,
+    teacher: TeacherConfig | dict | str | os.PathLike | None = None,
+    *,
+    split: str = "train+val+unlabeled",
+    cache_dir: str = DEFAULT_CACHE_DIR,
+    views: int = 0,
+    seed: int = 0,
+    num_workers: int = 2,
+    devices: int = 1,
+) -> dict[str, TeacherCache]:
+    """Python API (``edgedistill.cache(...)``): the teacher's outputs for every source of ``split``, computed once.
+
+    Args:
+        data: the dataset: a ``DataConfig``, a mapping of its fields or a YAML file of them; None: the defaults.
+        teacher: the teacher, likewise (``TeacherConfig``).
+        split: splits to cover, joined with ``+``.
+        cache_dir: where caches live.
+        views: 0: the plain view; K: K augmented views per image.
+        seed: seed of the augmented views.
+        num_workers: image-decoding workers per process.
+        devices: processes computing the cache together.
+
+    Returns:
+        ``{source key: TeacherCache}`` (``.embedding [N, D]``, ``.logits [N, C]`` or None, ``.valid``, ``.manifest``).
+    """
+    from edgedistill.config import load_config
+
+    return ensure_cache(load_config(DataConfig, data), load_config(TeacherConfig, teacher), split, cache_dir,
+                        views=views, seed=seed, devices=devices, num_workers=num_workers)
+
+
+class _CallableModule(types.ModuleType):
+    """``edgedistill.cache`` is this module and the API function :func:`cache` at once (as the package's
+    ``distill``, ``train`` and ``export`` are functions): calling the module calls it."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, TeacherCache]:
+        return cache(*args, **kwargs)
+
+
 def format_summary(caches: dict[str, TeacherCache]) -> str:
     """A markdown table: per source N, bad images, images/s and the cache folder."""
     lines = ["| source | N | D | C | bad | images/s | path |", "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -799,3 +841,6 @@ def format_summary(caches: dict[str, TeacherCache]) -> str:
         m = c.manifest
         lines.append(f"| {key} | {m['N']} | {m['D']} | {m['C'] or '-'} | {m['bad']} | {m['images_per_s']} | {c.path} |")
     return "\n".join(lines)
+
+
+sys.modules[__name__].__class__ = _CallableModule  # last: calling edgedistill.cache calls cache()

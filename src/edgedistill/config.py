@@ -22,6 +22,7 @@ import functools
 import types
 import typing
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
 from edgedistill.errors import ConfigError
@@ -160,6 +161,50 @@ def check_plugins(value: Any, where: str = "plugins") -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ConfigError(f"{where}.plugins={value!r} is invalid; give a list of module names or .py paths")
     return list(value)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The plain data of a YAML config file.
+
+    Raises:
+        ConfigError: the file is missing or not valid YAML.
+    """
+    import yaml
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"Config file {str(path)!r} does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file {str(path)!r} is not valid YAML: {' '.join(str(e).split())}") from None
+
+
+def load_config(cls: type[T], value: T | dict | str | Path | None, where: str | None = None) -> T:
+    """Config ``cls`` from an instance (returned as is), a mapping of its fields, a YAML file of them, or None (the
+    defaults): what the Python API (``edgedistill.distill`` ...) accepts.
+
+    Raises:
+        ConfigError: unknown fields, bad values, a missing or invalid file.
+    """
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, (str, Path)):
+        return from_dict(cls, read_yaml(value), where or str(value))
+    return from_dict(cls, value, where or getattr(cls, "section", cls.__name__))
+
+
+def load_sections(value: dict | str | Path | None, sections: dict[str, type], where: str = "config") -> dict[str, Any]:
+    """The sections of a multi-section config (``train --config FILE``: ``data``, ``teacher``, ``train``), each built
+    as its dataclass; a ``plugins`` list is loaded first. Keys outside ``sections`` are refused."""
+    raw = read_yaml(value) if isinstance(value, (str, Path)) else (value or {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping of sections ({', '.join(sections)}), got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(sections) - {"plugins"})
+    if unknown:
+        raise ConfigError(f"Unknown key(s) {unknown} in {where}. Valid: {', '.join([*sections, 'plugins'])}")
+    load_plugins(check_plugins(raw.get("plugins"), where))
+    return {name: load_config(cls, raw.get(name), f"{where}: {name}") for name, cls in sections.items()}
 
 
 def replace(obj: T, **changes: Any) -> T:
@@ -854,5 +899,5 @@ __all__ = [
     "CACHED_CROP_SCALE", "DEFAULT_CACHE_DIR", "DEFAULT_DATA_DIR", "DataConfig", "DeploySettings", "DistillConfig",
     "GridConfig", "GridRow", "GridSections", "GridTeacher", "HeadsConfig", "OptimizeConfig", "RECORD_IGNORED", "RetrieveConfig",
     "StudentRow", "TeacherConfig", "TrainConfig", "asdict", "check_choices", "check_plugins", "choice", "from_dict",
-    "registry_fields", "replace", "require", "split_names",
+    "load_config", "load_sections", "read_yaml", "registry_fields", "replace", "require", "split_names",
 ]

@@ -141,6 +141,12 @@ class ExportSummary:
     split: str
     dir: str
 
+    @classmethod
+    def from_export(cls, folder: str | Path, split: str | None) -> ExportSummary:
+        """Read ``<folder>/export.json`` (written by ``deploy.export``); ``split``: where its accuracy was measured."""
+        e = storage.read_json(Path(folder) / "export.json")
+        return cls(e["files"], e["parity"], e.get("accuracy") or {}, split or "", str(folder))
+
 
 @dataclass
 class DeployRow:
@@ -245,6 +251,30 @@ class DistillResults:
         return cls.from_dict(storage.read_json(Path(path)), str(path))
 
 
+@dataclass
+class TrainResult:
+    """One trained student (``edgedistill.train``): its run directory and what its ``metrics.json`` records."""
+
+    run_dir: str
+    finished: bool
+    best_val_acc: float | None
+    """Validation accuracy of the kept student (None without a val split)."""
+    best_epoch: int | None
+    test_acc: float | None
+    """Held-out accuracy, read once at the end (``train.eval_test``), else None."""
+    epochs: int | None
+    elapsed_s: float | None
+    images_per_s: float | None
+    params: int | None
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path) -> TrainResult:
+        """Read ``<run_dir>/metrics.json``."""
+        m = storage.read_json(Path(run_dir) / "metrics.json")
+        return cls(str(run_dir), bool(m.get("finished")), m.get("best_val_acc"), m.get("best_epoch"), m.get("test_acc"),
+                   m.get("epochs_completed"), m.get("elapsed_s"), m.get("images_per_s"), m.get("student_params"))
+
+
 # ----------------------------------------------------------------------------- reading plain data back
 
 T = TypeVar("T")
@@ -286,4 +316,4 @@ def _build(tp: Any, value: Any, where: str) -> Any:
 
 
 __all__ = ["DataSummary", "DeployRow", "DistillResults", "Evaluation", "ExportSummary", "HeadScore", "Invocation",
-           "Machine", "RESULTS_SCHEMA", "RetrievalSummary", "StudentResult", "TeacherSummary"]
+           "Machine", "RESULTS_SCHEMA", "RetrievalSummary", "StudentResult", "TeacherSummary", "TrainResult"]
