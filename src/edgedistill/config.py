@@ -6,9 +6,9 @@ field with its docstring, ``--config file.yaml`` loads them, and dotted flags
 files (``edgedistill run``) are plain YAML of the same sections (``data``, ``teacher``,
 ``train``), read by :func:`from_dict`.
 
-Validation happens once, on construction (``__post_init__``): every ``Literal`` field and
-every field naming a registry entry (:func:`choice`: teacher kinds, heads, losses, datasets,
-prompt templates, runtimes) is checked by :func:`check_choices`, ranges by :func:`require`; a
+Validation happens once, on construction (``__post_init__``): every field with a fixed set of
+values (a ``Literal``) or naming a registry entry (:func:`choice`: teacher kinds, heads, losses,
+datasets, prompt templates, runtimes) is checked by :func:`check_choices`, ranges by :func:`require`; a
 bad value raises a ``ConfigError`` that names the flag, the value and what is allowed. The
 registry-backed choices are read from ``edgedistill.registry`` when a config is built, never
 copied here, so an entry a plugin registers (``plugins``) is a valid choice. This module
@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar, Union
+from typing import Any, ClassVar, Literal, TypeVar
 
 from edgedistill.errors import ConfigError
 from edgedistill.registry import DATASETS, HEADS, LOSSES, RUNTIMES, TEACHERS, TEMPLATES, Registry, load_plugins
@@ -54,29 +53,35 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _literal_choices(tp: Any) -> tuple | None:
-    """The allowed values of ``Literal[...]`` or ``Literal[...] | None``; None for other types."""
-    if typing.get_origin(tp) is Literal:
-        return typing.get_args(tp)
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if typing.get_origin(arg) is Literal:
-                return typing.get_args(arg)
-    return None
+class Choices(tuple):
+    """A fixed set of allowed values (from a ``Literal``), checked like a registry's names."""
+
+    def __new__(cls, literal: Any) -> Choices:
+        return super().__new__(cls, typing.get_args(literal))
+
+    def names(self) -> list[str]:
+        return list(self)
+
+    def check(self, value: Any, flag: str, extra: tuple[str, ...] = ()) -> None:
+        if value not in extra and value not in self:
+            raise ConfigError(f"{flag}={value!r} is invalid; valid: {', '.join(map(str, [*extra, *self]))}")
 
 
-def choice(registry: Registry, default: Any, extra: tuple[str, ...] = ()) -> Any:
-    """A config field whose value names an entry of ``registry`` (or one of ``extra``, e.g. ``auto``), or, for a list
-    field (``default`` a list), whose values do; checked against the live registry by :func:`check_choices`."""
-    meta = {"registry": registry, "extra": extra}
+def choice(allowed: Registry | Any, default: Any, extra: tuple[str, ...] = ()) -> Any:
+    """A config field whose value is one of ``allowed`` (a registry's names, or a ``Literal``'s values) or of
+    ``extra`` (e.g. ``auto``); for a list field (``default`` a list), each of its values is. Checked by
+    :func:`check_choices` on construction, against the live registry; ``--help`` lists the allowed values.
+
+    The field is typed ``str`` for the command line, so every refusal is ``check_choices``' one line."""
+    meta = {"registry": allowed if isinstance(allowed, Registry) else Choices(allowed), "extra": extra}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
-def registry_fields(cls: type, prefix: str = "") -> dict[str, tuple[Registry, tuple[str, ...]]]:
-    """``{"teacher.kind": (TEACHERS, extra), ...}``: the registry-backed fields of config ``cls`` and its nested
-    configs, by flag (the CLI lists their live choices in ``--help``)."""
+def registry_fields(cls: type, prefix: str = "") -> dict[str, tuple[Registry | Choices, tuple[str, ...]]]:
+    """``{"teacher.kind": (TEACHERS, extra), ...}``: the :func:`choice` fields of config ``cls`` and its nested
+    configs, by flag (the CLI lists their allowed values, a registry's live names, in ``--help``)."""
     out = {}
     for f in fields(cls):
         tp = _hints(cls).get(f.name)
@@ -88,23 +93,19 @@ def registry_fields(cls: type, prefix: str = "") -> dict[str, tuple[Registry, tu
 
 
 def check_choices(obj: Any) -> None:
-    """Check every ``Literal``-typed and registry-backed (:func:`choice`) field of a config dataclass; the one enum
-    check of the package.
+    """Check every :func:`choice` field of a config dataclass (registry names and fixed ``Literal`` values); the one
+    enum check of the package.
 
     Raises:
         ConfigError: ``<section>.<field>='<value>' is invalid; valid: a, b, c``.
     """
     section = getattr(obj, "section", type(obj).__name__)
     for f in fields(obj):
-        value = getattr(obj, f.name)
         if "registry" in f.metadata:
+            value = getattr(obj, f.name)
             for v in (value if isinstance(value, list) else [value]):
                 if v is not None:
                     f.metadata["registry"].check(v, f"{section}.{f.name}", f.metadata["extra"])
-            continue
-        choices = _literal_choices(_hints(type(obj))[f.name])
-        if choices is not None and value not in choices and value is not None:
-            raise ConfigError(f"{section}.{f.name}={value!r} is invalid; valid: {', '.join(map(str, choices))}")
 
 
 def require(ok: bool, section: str, name: str, value: Any, allowed: str) -> None:
@@ -322,7 +323,7 @@ class TeacherConfig:
     processes: int = 1
     """Processes computing the teacher cache together, sharing its shards (GPU: one per device; CPU: the cores split
     between them, which overlaps decoding with the forward pass: 2 on 2 cores ran 1.3x one)."""
-    runtime: TeacherRuntime = "torch"
+    runtime: str = choice(TeacherRuntime, "torch")
     """What runs the image tower: torch, or onnxruntime (exported to ONNX once, parity-checked against PyTorch, and run
     by ONNX Runtime on the CPU: several times faster there). Part of the teacher's fingerprint."""
 
@@ -356,7 +357,7 @@ class TrainConfig:
     """CIFAR-style stem for small images (3x3 stride-1 first conv, no max-pool); ResNets only."""
     pretrained: str | None = None
     """Local ImageNet checkpoint of the student architecture (classifier excluded); None: from scratch."""
-    target: Target = "labels"
+    target: str = choice(Target, "labels")
     """What the student learns: labels (cross-entropy), logits (response KD) or embedding (feature KD)."""
     head: str = choice(HEADS, "linear")
     """Teacher head (``registry.HEADS``) for KD targets and for classifying an embedding student: text, linear,
@@ -398,13 +399,13 @@ class TrainConfig:
     loss: str | None = choice(LOSSES, None)
     """The training loss (``registry.LOSSES``): ce (labels), kd (response KD), feature (feature KD), or a plugin's; each
     trains one ``target``. None: the target's own (labels: ce, logits: kd, embedding: feature)."""
-    feature_loss: FeatureLoss = "mse"
+    feature_loss: str = choice(FeatureLoss, "mse")
     """Feature-KD distance: mse (raw embeddings), mse_normalized or cosine."""
-    kd_reduction: KDReduction = "batchmean"
+    kd_reduction: str = choice(KDReduction, "batchmean")
     """KL reduction: batchmean (correct); mean also divides by the class count (the tutorial's, to reproduce it)."""
     head_logit_scale: float | None = None
     """Override the text head's logit scale for teacher logits (1.0: the tutorial's raw cosines); None: the teacher's (~100)."""
-    optimizer: Optimizer = "sgd"
+    optimizer: str = choice(Optimizer, "sgd")
     """sgd (momentum, Nesterov), adamw, or adam (L2 weight decay, the tutorial's)."""
     lr: float = 0.1
     """Peak learning rate."""
@@ -414,7 +415,7 @@ class TrainConfig:
     """SGD momentum, in [0, 1)."""
     warmup_epochs: float = 1.0
     """Linear warmup length in epochs (fractions allowed), applied per step."""
-    schedule: Schedule = "cosine"
+    schedule: str = choice(Schedule, "cosine")
     """Learning-rate schedule after warmup: cosine (to 0) or constant."""
     epochs: int = 10
     """Number of epochs."""
@@ -431,7 +432,7 @@ class TrainConfig:
     """Devices per node (GPUs, or CPU processes); more than 1 trains with DDP."""
     num_nodes: int = 1
     """Machines (nodes) training together with DDP; launch one process per node with torchrun or SLURM."""
-    accelerator: Accelerator = "auto"
+    accelerator: str = choice(Accelerator, "auto")
     """auto (GPU when available), cpu or gpu."""
     precision: str = "auto"
     """Lightning precision; auto: bf16-mixed (or 16-mixed) on GPU, 32-true on CPU (mixed precision is slower there)."""
@@ -652,7 +653,7 @@ class RetrieveConfig:
     """An image may join ``other`` when its best class score is below this; None: min_score."""
     candidates: int | None = None
     """Images examined per class (the search's k) before the filters; None: 4 x top_k."""
-    search: SearchKind = "auto"
+    search: str = choice(SearchKind, "auto")
     """exact (matrix top-k over the cache shards), faiss (an inner-product index built once and saved beside the
     cache; pip install 'edgedistill[retrieve]'; CLIP teachers), or auto (faiss from faiss_min_pool images when it is
     installed and the teacher is CLIP, else exact). Both give the same images."""
@@ -852,10 +853,10 @@ class OptimizeConfig:
     """The trained student's run directory (``config.yaml``, ``student.json``, ``student.safetensors``)."""
     qat: bool = False
     """INT8 quantization-aware training: calibrate on real training images, then fine-tune with fake quantization."""
-    sparsity: Sparsity | None = None
+    sparsity: str | None = choice(Sparsity, None)
     """``2:4``: every group of 4 weights along the input channels keeps 2 (layers that cannot take it are skipped and
     listed). With ``qat``: sparsify and fine-tune first, then QAT. In a YAML file write it quoted: ``'2:4'``."""
-    sparsity_method: SparsityMethod = "magnitude"
+    sparsity_method: str = choice(SparsityMethod, "magnitude")
     """How the 2:4 mask is chosen: magnitude (per group of 4, the 2 largest; the layout TensorRT uses) or sparsegpt
     (Hessian-aware, needs calibration images; its 3x3-conv masks are 2:4 along C*R*S, which TensorRT cannot use)."""
     epochs: int | None = None
@@ -896,7 +897,7 @@ class OptimizeConfig:
 
 
 __all__ = [
-    "CACHED_CROP_SCALE", "DEFAULT_CACHE_DIR", "DEFAULT_DATA_DIR", "DataConfig", "DeploySettings", "DistillConfig",
+    "CACHED_CROP_SCALE", "Choices", "DEFAULT_CACHE_DIR", "DEFAULT_DATA_DIR", "DataConfig", "DeploySettings", "DistillConfig",
     "GridConfig", "GridRow", "GridSections", "GridTeacher", "HeadsConfig", "OptimizeConfig", "RECORD_IGNORED", "RetrieveConfig",
     "StudentRow", "TeacherConfig", "TrainConfig", "asdict", "check_choices", "check_plugins", "choice", "from_dict",
     "load_config", "load_sections", "read_yaml", "registry_fields", "replace", "require", "split_names",
