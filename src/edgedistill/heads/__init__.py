@@ -9,12 +9,16 @@ rest of the package asks of a head (the head protocol)::
 
     kind: str                      # its registry name, also written in its saved JSON
     reads: "embedding" | "logits"  # the teacher output it maps to class scores: the one home of that rule
-    needs_labels: bool             # fitted on labelled images (the linear probe) instead of built
+    needs_labels: bool             # fitted on labelled images instead of built (the linear probe, which
+                                   # evaluate fits; a plugin's heads are built from the teacher: False)
     title: str                     # how reports name it ("zero-shot text head")
     source: str | None             # optional: what train.head_path means when it is not a saved head
     fits(teacher) -> bool          # whether this teacher can feed it
     build(ctx: HeadContext)        # a head for ctx.classes, from the teacher / its source
     num_classes, arguments(), from_saved(args, tensors)   # saving and loading (below)
+
+Zero-label retrieval (``retrieve``) scores prompts with the text or label-map head only (it builds them from
+the prompts' names and synonyms).
 
 Every head saves as ``<path>.safetensors`` (tensors) + ``<path>.json`` (a versioned manifest:
 kind, constructor arguments, extra fields) and loads back with :func:`load_head`. Nothing is
