@@ -182,3 +182,14 @@ def test_help_lists_the_live_registry(plugin: Path, capsys) -> None:
     out = " ".join(capsys.readouterr().out.split())
     assert "(valid: openclip, timm, efficientnet_lite0, colour)" in out
     assert "(valid: ce, kd, feature, l1_kd)" in out
+
+
+def test_choice_fields_refuse_wrong_shapes() -> None:
+    from edgedistill.config import DeploySettings
+
+    with pytest.raises(ConfigError, match=r"teacher.kind=\['openclip'\] is invalid; valid: openclip"):
+        TeacherConfig(kind=["openclip"])  # a list where one name goes
+    with pytest.raises(ConfigError, match="deploy.runtimes='onnxruntime' is invalid; give a list of: "):
+        DeploySettings(runtimes="onnxruntime")
+    with pytest.raises(ConfigError, match="teacher.kind=3 is invalid"):
+        TeacherConfig(kind=3)

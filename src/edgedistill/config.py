@@ -63,7 +63,7 @@ class Choices(tuple):
         return list(self)
 
     def check(self, value: Any, flag: str, extra: tuple[str, ...] = ()) -> None:
-        if value not in extra and value not in self:
+        if not (isinstance(value, str) and (value in extra or value in self)):  # a list or a number too
             raise ConfigError(f"{flag}={value!r} is invalid; valid: {', '.join(map(str, [*extra, *self]))}")
 
 
@@ -73,7 +73,8 @@ def choice(allowed: Registry | Any, default: Any, extra: tuple[str, ...] = ()) -
     :func:`check_choices` on construction, against the live registry; ``--help`` lists the allowed values.
 
     The field is typed ``str`` for the command line, so every refusal is ``check_choices``' one line."""
-    meta = {"registry": allowed if isinstance(allowed, Registry) else Choices(allowed), "extra": extra}
+    meta = {"registry": allowed if isinstance(allowed, Registry) else Choices(allowed), "extra": extra,
+            "many": isinstance(default, list)}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -103,8 +104,11 @@ def check_choices(obj: Any) -> None:
     for f in fields(obj):
         if "registry" in f.metadata:
             value = getattr(obj, f.name)
-            for v in (value if isinstance(value, list) else [value]):
-                if v is not None:
+            if f.metadata["many"] and not isinstance(value, list):
+                raise ConfigError(f"{section}.{f.name}={value!r} is invalid; give a list of: "
+                                  f"{', '.join(f.metadata['registry'].names())}")
+            for v in (value if f.metadata["many"] else [value]):
+                if v is not None or f.metadata["many"]:
                     f.metadata["registry"].check(v, f"{section}.{f.name}", f.metadata["extra"])
 
 

@@ -115,7 +115,7 @@ class Registry:
 
     def check(self, value: Any, flag: str, extra: Sequence[str] = ()) -> None:
         """Raise ``ConfigError('<flag>=<value> is invalid; valid: ...')`` unless ``value`` is a name (or in ``extra``)."""
-        if value not in extra and value not in self.entries:
+        if not (isinstance(value, str) and (value in extra or value in self.entries)):  # a list or a number too
             valid = ", ".join([*extra, *self.names()])
             raise ConfigError(f"{flag}={value!r} is invalid; valid: {valid}")
 
