@@ -193,3 +193,14 @@ def test_choice_fields_refuse_wrong_shapes() -> None:
         DeploySettings(runtimes="onnxruntime")
     with pytest.raises(ConfigError, match="teacher.kind=3 is invalid"):
         TeacherConfig(kind=3)
+
+
+def test_installed_plugin_by_entry_point(tmp_path: Path, plugin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed package lists its plugin module under the entry-point group; the first registry read imports it."""
+    dist = tmp_path / "site" / "my_plugin_pkg-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-plugin-pkg\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[{registry.ENTRY_POINT_GROUP}]\nmine = my_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    assert "colour" in registry.TEACHERS and TeacherConfig(kind="colour").kind == "colour"
