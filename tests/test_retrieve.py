@@ -108,7 +108,7 @@ def test_read_prompts_errors(tmp_path):
 
 def test_text_head_averages_every_term_over_the_templates():
     from edgedistill.heads import build_text_head
-    from edgedistill.prompts import prompt_head
+    from edgedistill.heads.zero_shot import prompt_head
     from edgedistill.teachers import create_teacher
 
     teacher = create_teacher(tiny_teacher_cfg())

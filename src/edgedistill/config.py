@@ -31,6 +31,8 @@ DEFAULT_CACHE_DIR = "~/.cache/edgedistill"
 """Root of the teacher-output and pixel caches, unless a command is given another."""
 DEFAULT_DATA_DIR = "~/.cache/edgedistill-data"
 """Where datasets are looked for (and downloaded to) when ``data.root`` is not set."""
+DEFAULT_OPENCLIP_MODEL = "ViT-B-32"
+"""The open_clip model of ``teacher.kind: openclip`` when none is named, and the tutorial's teacher."""
 
 TeacherRuntime = Literal["torch", "onnxruntime"]
 Target = Literal["labels", "logits", "embedding"]
@@ -340,7 +342,7 @@ class TeacherConfig:
 
     def describe(self) -> str:
         """``kind:model`` as shown in tables (the kind's default model when ``model`` is None)."""
-        default = {"openclip": "ViT-B-32", "efficientnet_lite0": "tf_efficientnet_lite0"}.get(self.kind, "?")
+        default = {"openclip": DEFAULT_OPENCLIP_MODEL, "efficientnet_lite0": "tf_efficientnet_lite0"}.get(self.kind, "?")
         return f"{self.kind}:{self.model or default}"
 
 
@@ -764,7 +766,7 @@ class DeploySettings:
     """Timed runs per measurement."""
     runtimes: list[str] = choice(RUNTIMES, ["onnxruntime"])
     """Runtimes raced (``registry.RUNTIMES``, the deployment runtimes; unavailable ones are skipped with the reason)."""
-    tutorial_teacher: str | None = "ViT-B-32"
+    tutorial_teacher: str | None = DEFAULT_OPENCLIP_MODEL
     """Also race this open_clip image tower (random-init: speed does not depend on weights), the tutorial's teacher."""
 
     def __post_init__(self) -> None:

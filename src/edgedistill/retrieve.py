@@ -46,13 +46,22 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from edgedistill import storage
+from edgedistill.cache import ensure_cache
 from edgedistill.config import DEFAULT_CACHE_DIR, DataConfig, RetrieveConfig, TeacherConfig, asdict
 from edgedistill.console import say
+from edgedistill.data.images import BadImageError
+from edgedistill.data.manifest import MANIFEST_COLUMNS, RETRIEVAL_FORMAT
+from edgedistill.data.sources import describe_item
+from edgedistill.data.splits import build_splits
 from edgedistill.deploy.runtime import l2_normalize
-from edgedistill.errors import ConfigError, DataError
+from edgedistill.errors import ConfigError
+from edgedistill.heads import save_head, zero_shot_kind
+from edgedistill.heads.label_map import OTHER, format_review, with_other
+from edgedistill.heads.zero_shot import prompt_head
+from edgedistill.prompts import class_names, prompts_digest, read_prompts
+from edgedistill.teachers import create_teacher
 
-FORMAT = 1
-MANIFEST_COLUMNS = ("path", "class", "score", "rank", "margin", "why", "source", "index")
+FORMAT = RETRIEVAL_FORMAT
 FAISS_INDEX = "faiss-flatip.index"
 _PAD = 32  # candidates fetched beyond k, so the cut after rescoring is the same whichever search found them
 
@@ -107,8 +116,6 @@ class PoolRows:
 
     def describe(self, gid: int) -> tuple[str, int, str]:
         """``(source key, index, path)`` of a global id; the path is a file or ``<tar>::<member>``."""
-        from edgedistill.data.sources import describe_item
-
         s, i = self.locate(gid)
         return self.keys[s], i, describe_item(self.sources[s], i)
 
@@ -404,12 +411,6 @@ def plan_retrieval(
         ConfigError / DataError: a bad prompts file, a missing pool, a name no ImageNet class matches, FAISS asked
             but missing or for a label map.
     """
-    from edgedistill.data.splits import build_splits
-    from edgedistill.heads import zero_shot_kind
-    from edgedistill.heads.label_map import OTHER, with_other
-    from edgedistill.prompts import class_names, prompt_head, prompts_digest, read_prompts
-    from edgedistill.teachers import create_teacher
-
     plist = read_prompts(prompts)
     paths = [str(Path(p).expanduser().resolve()) for p in ([pool] if isinstance(pool, (str, os.PathLike)) else pool)]
     if not paths:
@@ -477,10 +478,6 @@ def run_retrieval(plan: RetrievalPlan, *, num_workers: int = 2, log: Callable[[s
     Returns:
         The ``retrieval.json`` record.
     """
-    from edgedistill.cache import ensure_cache
-    from edgedistill.heads import save_head
-    from edgedistill.heads.label_map import format_review
-
     out, cfg = plan.out, plan.cfg
     done = finished_retrieval(out)
     if done is not None and done.get("key") == plan.key:
@@ -580,75 +577,6 @@ def write_manifest(path: Path, pool: PoolRows, kept: list[list[Kept]], classes: 
     storage.write_text(path, buf.getvalue())
 
 
-def read_manifest(path: str | os.PathLike) -> tuple[dict, list[dict]]:
-    """``(retrieval.json record, rows)`` of a manifest; rows keep the CSV's order (a person may have deleted some).
-
-    Raises:
-        DataError: a missing file, a CSV without the manifest's columns, a class not in the retrieval, a row twice.
-    """
-    path = Path(path).expanduser()
-    rec_path = path.with_name("retrieval.json")
-    if not path.is_file():
-        raise DataError(f"Manifest {str(path)!r} does not exist; write one with 'edgedistill retrieve'")
-    if not rec_path.is_file():
-        raise DataError(f"Manifest {str(path)!r} has no retrieval.json beside it (the classes and the pool it indexes); "
-                        "keep the folder 'edgedistill retrieve' wrote together")
-    record = storage.read_json(rec_path)
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise DataError(f"{rec_path} is not a retrieval record of format {FORMAT}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"Manifest {str(path)!r} cannot be read ({e})") from None
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in ("path", "class", "source", "index") if c not in (reader.fieldnames or [])]
-    if missing:
-        raise DataError(f"Manifest {str(path)!r} lacks column(s) {missing}; its header must be {','.join(MANIFEST_COLUMNS)}")
-    rows, seen = [], {}
-    for n, row in enumerate(reader, 2):
-        if row["class"] not in record["classes"]:
-            raise DataError(f"{path}:{n}: class {row['class']!r} is not one of the retrieval's classes {record['classes']}")
-        try:
-            row["index"] = int(row["index"])
-        except ValueError:
-            raise DataError(f"{path}:{n}: index {row['index']!r} is not an integer") from None
-        where = (row["source"], row["index"])
-        if where in seen:
-            raise DataError(f"{path}:{n}: image {row['path']!r} is listed again (first on line {seen[where]})")
-        seen[where] = n
-        rows.append(row)
-    return record, rows
-
-
-def manifest_sources(path: str | os.PathLike) -> tuple[list[str], list]:
-    """A manifest as labelled sources: the pool's sources (reopened, checked unchanged) with the manifest's classes.
-
-    Returns:
-        ``(classes, [RelabeledSource])``: one per pool source; images not in the manifest have label -1.
-
-    Raises:
-        DataError: the pool changed since the retrieval, or a row does not point at the image it names.
-    """
-    from edgedistill.data.sources import RelabeledSource, describe_item, pool_sources
-
-    record, rows = read_manifest(path)
-    sources = {s.key: s for s in pool_sources(record["pool"]["paths"])}
-    for rec in record["pool"]["sources"]:
-        src = sources.get(rec["key"])
-        if src is None or storage.jsonable(src.identity()) != rec["identity"]:
-            raise DataError(f"Pool source {rec['key']!r} of manifest {str(path)!r} changed since the retrieval (files "
-                            "added, removed or modified); run 'edgedistill retrieve' again")
-    classes = list(record["classes"])
-    labels = {k: np.full(len(s), -1, dtype=np.int64) for k, s in sources.items()}
-    for row in rows:
-        src = sources.get(row["source"])
-        if src is None or not 0 <= row["index"] < len(src) or describe_item(src, row["index"]) != row["path"]:
-            raise DataError(f"Manifest {str(path)!r}: row {row['path']!r} does not match image {row['index']} of pool "
-                            f"source {row['source']!r}; the manifest was edited beyond deleting rows")
-        labels[row["source"]][row["index"]] = classes.index(row["class"])
-    return classes, [RelabeledSource(s, classes, labels[k]) for k, s in sources.items()]
-
-
 # ----------------------------------------------------------------------------- contact sheet
 
 
@@ -660,8 +588,6 @@ def contact_sheet(pool: PoolRows, kept: list[list[Kept]], classes: Sequence[str]
     and where its threshold cuts.
     """
     from PIL import Image, ImageDraw
-
-    from edgedistill.data.images import BadImageError
 
     label_w, cap_h, gap = 150, 14, 12
     n_cols = top + border
@@ -737,5 +663,5 @@ def retrieve_command(
 
 
 __all__ = ["Kept", "PoolRows", "RetrievalPlan", "Scorer", "apply_balance", "contact_sheet", "draw_other",
-           "exact_search", "faiss_index", "faiss_search", "finished_retrieval", "format_counts", "manifest_sources",
-           "plan_retrieval", "read_manifest", "retrieve_command", "run_retrieval", "select_class", "write_manifest"]
+           "exact_search", "faiss_index", "faiss_search", "finished_retrieval", "format_counts",
+           "plan_retrieval", "retrieve_command", "run_retrieval", "select_class", "write_manifest"]

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import lightning.pytorch as L
 import torch
+from timm.optim import create_optimizer_v2
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -121,7 +122,6 @@ class DistillModule(L.LightningModule):
         head: Frozen head turning a student embedding into class logits; required for
             ``target="embedding"``. Saved in checkpoints with the student (it is small).
         targets: Target provider; required unless ``target="labels"``.
-        warmup_steps: Linear warmup length in optimizer steps.
         batch_augment: ``data.transforms.BatchAugment`` for batches of decoded ``pixels`` (the pixels
             input path): crops, flips and normalises them on the device after transfer. Crops of step ``s`` of rank
             ``r`` are drawn from ``cfg.seed``, so a resumed run trains on exactly the batches an uninterrupted one would.
@@ -135,7 +135,6 @@ class DistillModule(L.LightningModule):
         num_classes: int,
         head: nn.Module | None = None,
         targets: TargetProvider | None = None,
-        warmup_steps: int = 0,
         batch_augment: nn.Module | None = None,
     ) -> None:
         super().__init__()
@@ -152,7 +151,6 @@ class DistillModule(L.LightningModule):
         self.targets = targets
         self.cfg, self.target, self.num_classes = cfg, target, num_classes
         self.loss_name, self.loss_fn = resolve_loss(cfg)
-        self.warmup_steps = warmup_steps
         self.batch_augment, self.aug, self.seed, self.channels_last = batch_augment, cfg.aug, cfg.seed, cfg.channels_last
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
@@ -236,16 +234,23 @@ class DistillModule(L.LightningModule):
         self._eval_step(batch, "test", self.test_acc)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        from timm.optim import create_optimizer_v2
-
         c = self.cfg
         # timm's factory: biases and norm scales (1-D) are not decayed (Goyal et al. 2017); "sgd" is Nesterov.
         name = {"sgd": "sgd" if c.momentum > 0 else "momentum"}.get(c.optimizer, c.optimizer)
         opt = create_optimizer_v2(self.student, opt=name, lr=c.lr, weight_decay=c.weight_decay,
                                   momentum=c.momentum, filter_bias_and_bn=True)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(self.warmup_steps, total, c.schedule))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(*self.schedule_steps(c.warmup_epochs), c.schedule))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def schedule_steps(self, warmup_epochs: float) -> tuple[int, int]:
+        """``(warmup steps, total steps)``, both from Lightning's count of this run's optimizer steps
+        (``estimated_stepping_batches``: epochs or ``max_steps``, devices, gradient accumulation)."""
+        trainer = self.trainer
+        total = max(int(trainer.estimated_stepping_batches), 1)
+        batches = trainer.num_training_batches  # per epoch and device, set once the train loader is built
+        per_epoch = (math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches)
+                     else total / max(trainer.max_epochs or 1, 1))
+        return round(warmup_epochs * max(per_epoch, 1)), total
 
 
 class warmup_cosine:  # noqa: N801 - a picklable function object (LambdaLR state, DDP spawn)
