@@ -510,7 +510,7 @@ def _held_out(root: Path) -> None:
 
 
 def test_distill_prompts_plan_refuses_before_any_work(tmp_path, monkeypatch):
-    from edgedistill import cache
+    from edgedistill import cache, retrieve  # noqa: F401 - retrieve binds ensure_cache on import: before the patch
     from edgedistill.pipelines.distill import plan_distill
 
     write_pool(tmp_path / "pool", per_class=2, noise=1, shard=1)
