@@ -69,6 +69,10 @@ def test_every_command_has_help(name, capsys):
         (["run", str(GRID), "--only", "resnet18_scratch, nope"], "--only names ['nope'] are not runs of"),
         (["predict", "no/such/model.onnx", "x.jpg", "y.jpg"], "Input 'x.jpg' does not exist"),
         (["train", "--no-such-flag", "1"], "no-such-flag"),
+        (["train", "--train.optimizer", "sgdd"], "train.optimizer='sgdd' is invalid; valid: sgd, adamw, adam"),
+        (["optimize", "--sparsity", "3:4"], "optimize.sparsity='3:4' is invalid; valid: 2:4"),
+        (["distill", "--deploy.runtimes", "[onnxruntim]"], "deploy.runtimes='onnxruntim' is invalid; valid: pytorch"),
+        (["train", "--train.loss", "l2"], "train.loss='l2' is invalid; valid: ce, kd, feature"),
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2(argv, needle, capsys):
@@ -98,3 +102,17 @@ def test_missing_openclip_weights_is_one_line(tmp_path):
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "OpenCLIP weights ViT-B-32/laion2b_s34b_b79k not found" in lines[0], p.stderr
+
+
+def test_bare_arguments_fill_required_parameters_in_order():
+    from edgedistill.cli import _positionals_to_flags
+    from edgedistill.deploy.predict import predict_command
+    from edgedistill.retrieve import retrieve_command
+
+    # pool is ``str | list[str]``: it takes every bare argument that follows
+    assert _positionals_to_flags(retrieve_command, ["p.txt", "a/", "b.tar", "--out", "x"]) == [
+        "--prompts", "p.txt", "--pool", '["a/", "b.tar"]', "--out", "x"]
+    assert _positionals_to_flags(predict_command, ["m", "1.jpg", "d/", "--top_k", "1"]) == [
+        "--model", "m", "--inputs", '["1.jpg", "d/"]', "--top_k", "1"]
+    assert _positionals_to_flags(retrieve_command, ["--prompts", "p.txt", "--pool", "a/"]) == [
+        "--prompts", "p.txt", "--pool", "a/"]  # the flag form of the same parameters passes through

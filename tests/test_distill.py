@@ -17,6 +17,7 @@ from edgedistill.config import DistillConfig, from_dict
 from edgedistill.errors import ConfigError
 from edgedistill.pipelines.distill import demo_config_path, plan_distill, run_distill
 from edgedistill.pipelines.report import pct
+from edgedistill.pipelines.results import RESULTS_SCHEMA, DistillResults
 
 CLASSES = ("cat", "dog", "ship")
 COLOURS = {"cat": (220, 40, 40), "dog": (40, 220, 40), "ship": (40, 40, 220)}
@@ -69,7 +70,8 @@ def test_distill_with_labels_end_to_end_and_rerun(tmp_path: Path) -> None:
                  "exports/teacher/model.onnx", "bench/bench.json", "runs/results.md"):
         assert (out / name).is_file(), name
     r = json.loads((out / "results.json").read_text())
-    assert r == json.loads(json.dumps(results))
+    assert r == results.to_dict() and r["schema_version"] == RESULTS_SCHEMA
+    assert DistillResults.load(out / "results.json") == results  # read back through the same typed schema
     assert set(r["teacher"]["heads"]) == {"text", "linear"} and r["best_student"] == "kd"  # the only distilled one
     assert r["data"]["counts"] == {"train": 21, "val": 9, "test": 12, "unlabeled": 12}
     students = {s["name"]: s for s in r["students"]}
@@ -98,10 +100,10 @@ def test_distill_with_labels_end_to_end_and_rerun(tmp_path: Path) -> None:
     again = run_distill(_config(tmp_path, out), tutorial_teacher_config=TINY_CLIP)
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
     assert (out / "exports" / "student" / "model.onnx").stat().st_mtime_ns == onnx
-    assert again["deploy"] == results["deploy"] and again["students"] == results["students"]
+    assert again.deploy == results.deploy and again.students == results.students
     # ... and its report keeps the first invocation's time beside its own.
-    assert [i["elapsed_s"] for i in again["invocations"]] == [results["elapsed_s"], again["elapsed_s"]]
-    assert (f"reusing the finished steps of 1 earlier invocation (the first: {results['elapsed_s']:.0f} s"
+    assert [i.elapsed_s for i in again.invocations] == [results.elapsed_s, again.elapsed_s]
+    assert (f"reusing the finished steps of 1 earlier invocation (the first: {results.elapsed_s:.0f} s"
             in (out / "report.md").read_text())
 
 
@@ -113,7 +115,7 @@ def test_distill_another_student_is_named_in_the_report(tmp_path: Path) -> None:
     cfg = _config(tmp_path, out, train={"student": "resnet10t", "student_kwargs": {"channels": [16, 16, 32, 32]}},
                   students=[{"name": "tiny_kd", "train": {"target": "logits", "head": "text"}}],
                   deploy={"int8": False, "tutorial_teacher": None})
-    r = run_distill(cfg)
+    r = run_distill(cfg).to_dict()
     report = (out / "report.md").read_text()
     s = r["students"][0]
     assert s["arch"] == "resnet10t" and s["kwargs"] == {"channels": [16, 16, 32, 32]}
@@ -130,7 +132,7 @@ def test_distill_without_labels_uses_the_zero_shot_head(tmp_path: Path) -> None:
                   students=[{"name": "scratch", "train": {"target": "labels"}},
                             {"name": "kd_text", "train": {"target": "logits", "head": "text", "train_split": "train+unlabeled"}}],
                   deploy={"int8": False, "tutorial_teacher": None})
-    r = run_distill(cfg)
+    r = run_distill(cfg).to_dict()
     assert set(r["teacher"]["heads"]) == {"text"} and [s["name"] for s in r["students"]] == ["kd_text"]
     assert any("no labels" in n for n in r["notes"]) and any("'scratch'" in n and "skipped" in n for n in r["notes"])
     assert r["students"][0]["n_unlabeled"] == 21 + 12  # the training images count as unlabeled

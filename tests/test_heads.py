@@ -229,7 +229,7 @@ def test_load_head_refuses_damaged_or_foreign_files(tmp_path):
     (tmp_path / "h.safetensors").unlink()
     with pytest.raises(ConfigError, match="No saved head.*h.safetensors"):
         load_head(tmp_path / "h")
-    with pytest.raises(ConfigError, match="is not one of TextHead, LabelMapHead, LinearProbe"):
+    with pytest.raises(ConfigError, match="Linear is not a registered head \(text, label_map, linear\)"):
         save_head(torch.nn.Linear(2, 2), tmp_path / "x")
 
 

@@ -23,7 +23,7 @@ TOOL = Path(__file__).resolve().parents[2] / "shared" / "tools" / "import_cycles
 
 LAYERS: list[tuple[str, ...]] = [
     # 0. the base every module may use
-    ("errors", "console", "storage", "tutorial", "config"),
+    ("errors", "console", "storage", "tutorial", "config", "registry"),
     # 1. data and the formats users hand us (images, views, sources, splits, manifests, prompts files)
     ("data", "prompts"),
     # 2. the deploy runtime (torch-free) and the leaf that exports a torch model to ONNX with parity
@@ -39,7 +39,7 @@ LAYERS: list[tuple[str, ...]] = [
     # 7. jobs over trained models and caches
     ("evaluate", "retrieve", "deploy.export", "deploy.bench", "deploy.predict", "deploy"),
     # 8. whole pipelines and the command line
-    ("pipelines", "cli", ""),
+    ("pipelines", "api", "cli", ""),
 ]
 """Lowest first. A module may import its own layer or a lower one; ``""`` is the package itself."""
 

@@ -542,7 +542,7 @@ def test_distill_prompts_pool_end_to_end_and_predict_new_prompts(tmp_path, capsy
     write_pool(tmp_path / "pool", per_class=6, noise=3, shard=2)
     (tmp_path / "prompts.txt").write_text(PROMPTS)
     _held_out(tmp_path)
-    r = run_distill(_distill_cfg(tmp_path))
+    r = run_distill(_distill_cfg(tmp_path)).to_dict()
     out = tmp_path / "out"
     for name in ("report.md", "results.json", "retrieve/manifest.csv", "retrieve/contact_sheet.png",
                  "exports/student/model.onnx", "runs/emb/student.safetensors"):

@@ -20,6 +20,8 @@ from conftest import tiny_teacher_cfg
 from edgedistill import storage
 from edgedistill.config import DataConfig, TeacherConfig, TrainConfig
 from edgedistill.errors import ConfigError
+from edgedistill.heads import check_head_target
+from edgedistill.losses import resolve_loss
 from edgedistill.students import create_student
 from edgedistill.training.fit import train
 from edgedistill.training.module import CachedTargets, DistillModule, NonFiniteLossError, warmup_cosine
@@ -236,8 +238,14 @@ def test_distillation_runs(folder: Path, tmp_path: Path, kw: dict) -> None:
 def test_train_config_errors_name_the_flag() -> None:
     with pytest.raises(ConfigError, match="train.target='soft'"):
         TrainConfig(target="soft")
-    with pytest.raises(ConfigError, match="train.head='label_map'.*embedding student"):
-        TrainConfig(target="embedding", head="label_map")
+    with pytest.raises(ConfigError, match="train.loss='ce' is invalid with train.target='logits'.*Losses of 'logits': kd"):
+        resolve_loss(TrainConfig(target="logits", loss="ce"))
+    with pytest.raises(ConfigError, match="train.loss='l1' is invalid; valid: ce, kd, feature"):
+        TrainConfig(loss="l1")
+    # the head's class says which teacher output it reads: a label map reads logits, so it cannot classify an embedding
+    with pytest.raises(ConfigError, match="train.head='label_map'.*embedding student.*text, linear"):
+        check_head_target("label_map", "embedding")
+    check_head_target("text", "embedding")
     with pytest.raises(ConfigError, match="train.views=4.*aug=true"):
         TrainConfig(views=4, aug=False)
     with pytest.raises(ConfigError, match="test split"):
@@ -268,8 +276,8 @@ def test_cached_targets_gather_mixed_sources_and_views() -> None:
 def test_response_kd_step_pulls_student_towards_teacher() -> None:
     torch.manual_seed(0)
     teacher_logits = torch.randn(8, 3) * 5
-    module = DistillModule(create_student("test_resnet", 3), target="logits", num_classes=3,
-                           targets=CachedTargets({"s": teacher_logits}), temperature=2.0, optimizer="adamw", lr=1e-2)
+    module = DistillModule(create_student("test_resnet", 3), TrainConfig(target="logits", temperature=2.0), num_classes=3,
+                           targets=CachedTargets({"s": teacher_logits}))
     batch = {"image": torch.randn(8, 3, 16, 16), "label": torch.full((8,), -1), "source": ["s"] * 8,
              "index": torch.arange(8)}
     opt = torch.optim.AdamW(module.student.parameters(), lr=1e-2)
@@ -296,7 +304,7 @@ def test_warmup_and_total_count_the_same_lightning_steps(tmp_path: Path) -> None
     import lightning.pytorch as L
     from torch.utils.data import DataLoader
 
-    module = DistillModule(create_student("test_resnet", 3), target="labels", num_classes=3, lr=0.01, warmup_epochs=1.0)
+    module = DistillModule(create_student("test_resnet", 3), TrainConfig(lr=0.01, warmup_epochs=1.0), num_classes=3)
     data = [{"image": torch.randn(3, 16, 16), "label": i % 3, "source": "s", "index": i} for i in range(20)]
     trainer = L.Trainer(max_epochs=2, accumulate_grad_batches=2, accelerator="cpu", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-import re
 import sys
 
 from edgedistill.errors import EdgeDistillError
@@ -64,7 +63,29 @@ def build_parser(name: str):
         parser.add_class_arguments(config_cls, as_group=False)
     else:
         parser.add_function_arguments(func, as_group=False)
+    _list_registry_choices(parser, func, config_cls)
     return parser, func
+
+
+def _list_registry_choices(parser, func, config_cls: type | None) -> None:
+    """Flags naming a registry entry (``config.choice``) show the names registered now, plugins' included."""
+    import dataclasses
+    import typing
+
+    from edgedistill.config import registry_fields
+
+    if config_cls is not None:
+        flags = registry_fields(config_cls)
+    else:
+        flags = {}
+        for name, hint in typing.get_type_hints(func).items():
+            hint = next((a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)), hint)  # X | None
+            if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+                flags.update(registry_fields(hint, f"{name}."))
+    for action in parser._actions:
+        if action.dest in flags:
+            registry, extra = flags[action.dest]
+            action.help = f"{action.help or ''} (valid: {', '.join([*extra, *registry.names()])})"
 
 
 def _config_class(func) -> type | None:
@@ -110,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         if wrong:  # jsonargparse type-checks flags, but lets these through from a --config file to the dataclass
             print(f"error: edgedistill {name}: {_single_line(wrong)}", file=sys.stderr)
             return 2
+        if cfg.get("plugins"):  # before the configs are built: plugins register the names they may use
+            from edgedistill.config import check_plugins
+            from edgedistill.registry import load_plugins
+
+            load_plugins(check_plugins(cfg["plugins"]))
         kwargs = parser.instantiate(cfg)
         kwargs.pop("config", None)
         config_cls = _config_class(func)
@@ -124,26 +150,34 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _positionals_to_flags(func, argv: list[str]) -> list[str]:
-    """Bare arguments fill the function's required parameters in order (``run GRID.yaml``,
-    ``predict MODEL IMG ...``); a required list parameter takes every bare argument that follows."""
-    import json
+    """Bare arguments fill the function's required parameters in order (``run GRID.yaml``, ``retrieve FILE POOL``,
+    ``predict MODEL IMG ...``); a required parameter that takes a list takes every bare argument that follows.
 
-    required = [p for p in inspect.signature(func).parameters.values() if p.default is inspect.Parameter.empty]
+    jsonargparse makes a parameter either a positional or a flag (``as_positional``), while the documented commands
+    use both forms of the same parameter (``bench --student DIR``, ``retrieve pets.txt pool/``); so bare arguments
+    are turned into the flags jsonargparse parses and checks (types, unknown flags, ``--config``)."""
+    import json
+    import typing
+
+    hints = typing.get_type_hints(func)
+
+    def takes_list(name: str) -> bool:
+        tp = hints.get(name)
+        return typing.get_origin(tp) is list or any(typing.get_origin(a) is list for a in typing.get_args(tp))
+
+    required = [p.name for p in inspect.signature(func).parameters.values() if p.default is inspect.Parameter.empty]
     out: list[str] = []
     rest = list(argv)
-    for p in required:
+    for name in required:
         bare = []
         while rest and not rest[0].startswith("-"):
             bare.append(rest.pop(0))
-            if not str(p.annotation).startswith("list"):
+            if not takes_list(name):
                 break
         if not bare:
             break
-        out += [f"--{p.name}", json.dumps(bare) if str(p.annotation).startswith("list") else bare[0]]
+        out += [f"--{name}", json.dumps(bare) if takes_list(name) else bare[0]]
     return out + rest
-
-
-_LITERAL = re.compile(r'Parser key "(?P<key>[^"]+)":\s*Expected a typing\.Literal\[(?P<choices>[^\]]*)\]\.\s*Got value: (?P<value>.*)')
 
 
 def _unchecked_values(func, values: dict) -> str | None:
@@ -182,18 +216,15 @@ def _single_line(text: str) -> str:
 
 
 def _one_line(e: BaseException) -> str:
-    # jsonargparse nests the cause (e.g. our ConfigError from __post_init__) in its message.
-    cause = e
-    while cause.__cause__ is not None or cause.__context__ is not None:
-        nxt = cause.__cause__ or cause.__context__
-        if isinstance(nxt, EdgeDistillError):
-            return str(nxt)
-        cause = nxt
+    """The error of a refused command line as one line: our own ``EdgeDistillError`` when jsonargparse wraps one (a
+    config's ``__post_init__`` refused a value: every enum and registry choice is checked there, see
+    ``config.choice``), else jsonargparse's message (an unknown flag, a value of the wrong type), whitespace folded."""
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, EdgeDistillError):
+            return str(cause)
+        cause = cause.__cause__ or cause.__context__
     text = " ".join(str(e).split())
-    m = _LITERAL.search(text)
-    if m:  # the same words as config.check_choices, for a choice jsonargparse refused first
-        choices = ", ".join(c.strip().strip("'\"") for c in m["choices"].split(","))
-        return f"{m['key']}={m['value'].strip()!r} is invalid; valid: {choices}"
     return text if len(text) < 400 else text[:400] + " ..."
 
 

@@ -6,22 +6,26 @@ field with its docstring, ``--config file.yaml`` loads them, and dotted flags
 files (``edgedistill run``) are plain YAML of the same sections (``data``, ``teacher``,
 ``train``), read by :func:`from_dict`.
 
-Validation happens once, on construction (``__post_init__``): every ``Literal`` field is
-checked by :func:`check_choices`, ranges by :func:`require`; a bad value raises a
-``ConfigError`` that names the flag, the value and what is allowed. This module imports
-neither torch nor any model library, so the deploy runtime can use it too.
+Validation happens once, on construction (``__post_init__``): every field with a fixed set of
+values (a ``Literal``) or naming a registry entry (:func:`choice`: teacher kinds, heads, losses,
+datasets, prompt templates, runtimes) is checked by :func:`check_choices`, ranges by :func:`require`; a
+bad value raises a ``ConfigError`` that names the flag, the value and what is allowed. The
+registry-backed choices are read from ``edgedistill.registry`` when a config is built, never
+copied here, so an entry a plugin registers (``plugins``) is a valid choice. This module
+imports neither torch nor any model library, so the deploy runtime can use it too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import types
 import typing
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Literal, TypeVar, Union
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
 
 from edgedistill.errors import ConfigError
+from edgedistill.registry import DATASETS, HEADS, LOSSES, RUNTIMES, TEACHERS, TEMPLATES, Registry, load_plugins
 
 DEFAULT_CACHE_DIR = "~/.cache/edgedistill"
 """Root of the teacher-output and pixel caches, unless a command is given another."""
@@ -30,17 +34,13 @@ DEFAULT_DATA_DIR = "~/.cache/edgedistill-data"
 DEFAULT_OPENCLIP_MODEL = "ViT-B-32"
 """The open_clip model of ``teacher.kind: openclip`` when none is named, and the tutorial's teacher."""
 
-Dataset = Literal["stl10", "cifar10", "fashion_mnist", "imagefolder", "demo", "pool", "manifest"]
-TeacherKind = Literal["openclip", "timm", "efficientnet_lite0"]
 TeacherRuntime = Literal["torch", "onnxruntime"]
 Target = Literal["labels", "logits", "embedding"]
-HeadKind = Literal["text", "label_map", "linear"]
 FeatureLoss = Literal["mse", "mse_normalized", "cosine"]
 KDReduction = Literal["batchmean", "mean"]
 Optimizer = Literal["sgd", "adamw", "adam"]
 Schedule = Literal["cosine", "constant"]
 Accelerator = Literal["auto", "cpu", "gpu", "cuda"]
-Templates = Literal["ensemble", "tutorial", "simple"]
 SearchKind = Literal["auto", "exact", "faiss"]
 
 CACHED_CROP_SCALE: tuple[float, float] = (0.35, 1.0)
@@ -55,29 +55,63 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _literal_choices(tp: Any) -> tuple | None:
-    """The allowed values of ``Literal[...]`` or ``Literal[...] | None``; None for other types."""
-    if typing.get_origin(tp) is Literal:
-        return typing.get_args(tp)
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if typing.get_origin(arg) is Literal:
-                return typing.get_args(arg)
-    return None
+class Choices(tuple):
+    """A fixed set of allowed values (from a ``Literal``), checked like a registry's names."""
+
+    def __new__(cls, literal: Any) -> Choices:
+        return super().__new__(cls, typing.get_args(literal))
+
+    def names(self) -> list[str]:
+        return list(self)
+
+    def check(self, value: Any, flag: str, extra: tuple[str, ...] = ()) -> None:
+        if not (isinstance(value, str) and (value in extra or value in self)):  # a list or a number too
+            raise ConfigError(f"{flag}={value!r} is invalid; valid: {', '.join(map(str, [*extra, *self]))}")
+
+
+def choice(allowed: Registry | Any, default: Any, extra: tuple[str, ...] = ()) -> Any:
+    """A config field whose value is one of ``allowed`` (a registry's names, or a ``Literal``'s values) or of
+    ``extra`` (e.g. ``auto``); for a list field (``default`` a list), each of its values is. Checked by
+    :func:`check_choices` on construction, against the live registry; ``--help`` lists the allowed values.
+
+    The field is typed ``str`` for the command line, so every refusal is ``check_choices``' one line."""
+    meta = {"registry": allowed if isinstance(allowed, Registry) else Choices(allowed), "extra": extra,
+            "many": isinstance(default, list)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def registry_fields(cls: type, prefix: str = "") -> dict[str, tuple[Registry | Choices, tuple[str, ...]]]:
+    """``{"teacher.kind": (TEACHERS, extra), ...}``: the :func:`choice` fields of config ``cls`` and its nested
+    configs, by flag (the CLI lists their allowed values, a registry's live names, in ``--help``)."""
+    out = {}
+    for f in fields(cls):
+        tp = _hints(cls).get(f.name)
+        if "registry" in f.metadata:
+            out[prefix + f.name] = (f.metadata["registry"], f.metadata["extra"])
+        elif dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            out.update(registry_fields(tp, f"{prefix}{f.name}."))
+    return out
 
 
 def check_choices(obj: Any) -> None:
-    """Check every ``Literal``-typed field of a config dataclass; the one enum check of the package.
+    """Check every :func:`choice` field of a config dataclass (registry names and fixed ``Literal`` values); the one
+    enum check of the package.
 
     Raises:
         ConfigError: ``<section>.<field>='<value>' is invalid; valid: a, b, c``.
     """
     section = getattr(obj, "section", type(obj).__name__)
     for f in fields(obj):
-        choices = _literal_choices(_hints(type(obj))[f.name])
-        value = getattr(obj, f.name)
-        if choices is not None and value not in choices and value is not None:
-            raise ConfigError(f"{section}.{f.name}={value!r} is invalid; valid: {', '.join(map(str, choices))}")
+        if "registry" in f.metadata:
+            value = getattr(obj, f.name)
+            if f.metadata["many"] and not isinstance(value, list):
+                raise ConfigError(f"{section}.{f.name}={value!r} is invalid; give a list of: "
+                                  f"{', '.join(f.metadata['registry'].names())}")
+            for v in (value if f.metadata["many"] else [value]):
+                if v is not None or f.metadata["many"]:
+                    f.metadata["registry"].check(v, f"{section}.{f.name}", f.metadata["extra"])
 
 
 def require(ok: bool, section: str, name: str, value: Any, allowed: str) -> None:
@@ -107,6 +141,8 @@ def from_dict(cls: type[T], values: Any, where: str) -> T:
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"{where} must be a mapping of {cls.__name__} fields, got {type(values).__name__} {values!r}")
+    if "plugins" in values and any(f.name == "plugins" for f in fields(cls)):
+        load_plugins(check_plugins(values["plugins"], where))  # first: they register the choices the rest may name
     known = {f.name: f for f in fields(cls) if f.init}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -121,6 +157,61 @@ def from_dict(cls: type[T], values: Any, where: str) -> T:
         return cls(**kwargs)
     except TypeError as e:  # a value of the wrong type inside __post_init__'s comparisons
         raise ConfigError(f"{where}: {e}") from None
+
+
+def check_plugins(value: Any, where: str = "plugins") -> list[str]:
+    """A ``plugins`` value as a list of module names / ``.py`` paths (see ``registry.load_plugins``)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}.plugins={value!r} is invalid; give a list of module names or .py paths")
+    return list(value)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The plain data of a YAML config file.
+
+    Raises:
+        ConfigError: the file is missing or not valid YAML.
+    """
+    import yaml
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"Config file {str(path)!r} does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file {str(path)!r} is not valid YAML: {' '.join(str(e).split())}") from None
+
+
+def load_config(cls: type[T], value: T | dict | str | Path | None, where: str | None = None) -> T:
+    """Config ``cls`` from an instance (returned as is), a mapping of its fields, a YAML file of them, or None (the
+    defaults): what the Python API (``edgedistill.distill`` ...) accepts.
+
+    Raises:
+        ConfigError: unknown fields, bad values, a missing or invalid file.
+    """
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, (str, Path)):
+        return from_dict(cls, read_yaml(value), where or str(value))
+    return from_dict(cls, value, where or getattr(cls, "section", cls.__name__))
+
+
+def load_sections(value: dict | str | Path | None, sections: dict[str, type], where: str = "config") -> dict[str, Any]:
+    """The sections of a multi-section config (``train --config FILE``: ``data``, ``teacher``, ``train``), each built
+    as its dataclass; a ``plugins`` list is loaded first. Keys outside ``sections`` are refused."""
+    raw = read_yaml(value) if isinstance(value, (str, Path)) else (value or {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping of sections ({', '.join(sections)}), got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(sections) - {"plugins"})
+    if unknown:
+        raise ConfigError(f"Unknown key(s) {unknown} in {where}. Valid: {', '.join([*sections, 'plugins'])}")
+    load_plugins(check_plugins(raw.get("plugins"), where))
+    return {name: load_config(cls, raw.get(name), f"{where}: {name}") for name, cls in sections.items()}
 
 
 def replace(obj: T, **changes: Any) -> T:
@@ -163,8 +254,9 @@ class DataConfig:
 
     section: ClassVar[str] = "data"
 
-    dataset: Dataset = "demo"
-    """stl10, cifar10, fashion_mnist, imagefolder, demo (the CIFAR-10 subset bundled in the package), pool (unlabeled
+    dataset: str = choice(DATASETS, "demo")
+    """A dataset opener of ``registry.DATASETS``: stl10, cifar10, fashion_mnist, imagefolder, demo (the CIFAR-10 subset
+    bundled in the package), pool (unlabeled
     images only: ``root`` and ``unlabeled``, classes from ``prompts``) or manifest (the images a retrieval kept, with
     their classes: ``root`` is its ``manifest.csv``)."""
     root: str | None = None
@@ -218,8 +310,9 @@ class TeacherConfig:
 
     section: ClassVar[str] = "teacher"
 
-    kind: TeacherKind = "openclip"
-    """openclip (image-text model), timm (an ImageNet classifier by timm name) or efficientnet_lite0 (offline, from PyPI)."""
+    kind: str = choice(TEACHERS, "openclip")
+    """A teacher kind of ``registry.TEACHERS``: openclip (image-text model), timm (an ImageNet classifier by timm name),
+    efficientnet_lite0 (offline, from PyPI), or a plugin's."""
     model: str | None = None
     """open_clip model name (``open_clip.list_models()``) or timm model name; None: the kind's default
     (openclip: ViT-B-32; efficientnet_lite0: tf_efficientnet_lite0; timm: required)."""
@@ -236,7 +329,7 @@ class TeacherConfig:
     processes: int = 1
     """Processes computing the teacher cache together, sharing its shards (GPU: one per device; CPU: the cores split
     between them, which overlaps decoding with the forward pass: 2 on 2 cores ran 1.3x one)."""
-    runtime: TeacherRuntime = "torch"
+    runtime: str = choice(TeacherRuntime, "torch")
     """What runs the image tower: torch, or onnxruntime (exported to ONNX once, parity-checked against PyTorch, and run
     by ONNX Runtime on the CPU: several times faster there). Part of the teacher's fingerprint."""
 
@@ -270,10 +363,11 @@ class TrainConfig:
     """CIFAR-style stem for small images (3x3 stride-1 first conv, no max-pool); ResNets only."""
     pretrained: str | None = None
     """Local ImageNet checkpoint of the student architecture (classifier excluded); None: from scratch."""
-    target: Target = "labels"
+    target: str = choice(Target, "labels")
     """What the student learns: labels (cross-entropy), logits (response KD) or embedding (feature KD)."""
-    head: HeadKind = "linear"
-    """Teacher head for KD targets and for classifying an embedding student: text, linear or label_map."""
+    head: str = choice(HEADS, "linear")
+    """Teacher head (``registry.HEADS``) for KD targets and for classifying an embedding student: text, linear,
+    label_map, or a plugin's."""
     head_path: str | None = None
     """A saved head (safetensors + json); required for linear, optional for text; for label_map a map name or JSON."""
     train_split: str = "train"
@@ -308,13 +402,16 @@ class TrainConfig:
     """Weight of the distillation term (>= 0)."""
     ce_weight: float = 0.0
     """Weight of the cross-entropy on labelled images in KD runs (>= 0; 0: distillation only)."""
-    feature_loss: FeatureLoss = "mse"
+    loss: str | None = choice(LOSSES, None)
+    """The training loss (``registry.LOSSES``): ce (labels), kd (response KD), feature (feature KD), or a plugin's; each
+    trains one ``target``. None: the target's own (labels: ce, logits: kd, embedding: feature)."""
+    feature_loss: str = choice(FeatureLoss, "mse")
     """Feature-KD distance: mse (raw embeddings), mse_normalized or cosine."""
-    kd_reduction: KDReduction = "batchmean"
+    kd_reduction: str = choice(KDReduction, "batchmean")
     """KL reduction: batchmean (correct); mean also divides by the class count (the tutorial's, to reproduce it)."""
     head_logit_scale: float | None = None
     """Override the text head's logit scale for teacher logits (1.0: the tutorial's raw cosines); None: the teacher's (~100)."""
-    optimizer: Optimizer = "sgd"
+    optimizer: str = choice(Optimizer, "sgd")
     """sgd (momentum, Nesterov), adamw, or adam (L2 weight decay, the tutorial's)."""
     lr: float = 0.1
     """Peak learning rate."""
@@ -324,7 +421,7 @@ class TrainConfig:
     """SGD momentum, in [0, 1)."""
     warmup_epochs: float = 1.0
     """Linear warmup length in epochs (fractions allowed), applied per step."""
-    schedule: Schedule = "cosine"
+    schedule: str = choice(Schedule, "cosine")
     """Learning-rate schedule after warmup: cosine (to 0) or constant."""
     epochs: int = 10
     """Number of epochs."""
@@ -341,7 +438,7 @@ class TrainConfig:
     """Devices per node (GPUs, or CPU processes); more than 1 trains with DDP."""
     num_nodes: int = 1
     """Machines (nodes) training together with DDP; launch one process per node with torchrun or SLURM."""
-    accelerator: Accelerator = "auto"
+    accelerator: str = choice(Accelerator, "auto")
     """auto (GPU when available), cpu or gpu."""
     precision: str = "auto"
     """Lightning precision; auto: bf16-mixed (or 16-mixed) on GPU, 32-true on CPU (mixed precision is slower there)."""
@@ -364,8 +461,6 @@ class TrainConfig:
         def need(ok: bool, flag: str, allowed: str) -> None:
             require(ok, "train", flag, getattr(self, flag), allowed)
 
-        need(not (self.target == "embedding" and self.head == "label_map"), "head",
-             "an embedding student needs a text or linear head to classify its embedding")
         need(self.head_logit_scale is None or (self.head_logit_scale > 0 and self.head == "text"), "head_logit_scale",
              "it must be > 0 and only applies to head=text")
         for flag in ("mean", "std"):
@@ -439,9 +534,10 @@ class GridTeacher:
 
     section: ClassVar[str] = "grid.teacher"
 
-    heads: list[HeadKind] = field(default_factory=list)
-    """Heads to evaluate: text, label_map, linear. KD rows with head=linear distil the probe trained here."""
-    templates: Templates = "ensemble"
+    heads: list[str] = choice(HEADS, [])
+    """Heads to evaluate (``registry.HEADS``): text, label_map, linear. KD rows with head=linear distil the probe
+    trained here."""
+    templates: str = choice(TEMPLATES, "ensemble")
     """Prompt templates of the text head."""
     label_map: str | None = None
     """Label map name or JSON path; None: the dataset's shipped map."""
@@ -450,9 +546,6 @@ class GridTeacher:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        bad = [h for h in self.heads if h not in typing.get_args(HeadKind)]
-        if bad:
-            raise ConfigError(f"grid.teacher.heads has {bad}; valid: {', '.join(typing.get_args(HeadKind))}")
 
 
 @dataclass
@@ -494,8 +587,12 @@ class GridConfig:
     """Config values shared by every row."""
     teacher: GridTeacher = field(default_factory=GridTeacher)
     """Teacher heads evaluated before the students."""
+    plugins: list[str] = field(default_factory=list)
+    """Modules imported first, which register teachers, heads, losses, ... (see ``DistillConfig.plugins``)."""
 
     def __post_init__(self) -> None:
+        self.plugins = check_plugins(self.plugins, "grid")
+        load_plugins(self.plugins)
         if not isinstance(self.runs, list) or not self.runs:
             raise ConfigError("A grid needs a non-empty list 'runs'")
         self.runs = [r if isinstance(r, GridRow) else from_dict(GridRow, r, f"grid.runs[{i}]")
@@ -562,14 +659,14 @@ class RetrieveConfig:
     """An image may join ``other`` when its best class score is below this; None: min_score."""
     candidates: int | None = None
     """Images examined per class (the search's k) before the filters; None: 4 x top_k."""
-    search: SearchKind = "auto"
+    search: str = choice(SearchKind, "auto")
     """exact (matrix top-k over the cache shards), faiss (an inner-product index built once and saved beside the
     cache; pip install 'edgedistill[retrieve]'; CLIP teachers), or auto (faiss from faiss_min_pool images when it is
     installed and the teacher is CLIP, else exact). Both give the same images."""
     faiss_min_pool: int = 200_000
     """Pool size from which search=auto uses FAISS."""
-    templates: Templates = "ensemble"
-    """Prompt templates of the text head, applied to every name and synonym of a class (distill: heads.templates)."""
+    templates: str = choice(TEMPLATES, "ensemble")
+    """Prompt templates of the text head (``registry.TEMPLATES``), applied to every name and synonym of a class (distill: heads.templates)."""
     label_map: str | None = None
     """Label map (shipped name or JSON path) of an ImageNet-classifier teacher; None: built from the class names and
     synonyms through WordNet, shown and saved for review."""
@@ -610,13 +707,14 @@ class HeadsConfig:
 
     section: ClassVar[str] = "heads"
 
-    zero_shot: Literal["auto", "text", "label_map", "none"] = "auto"
-    """Head that needs no labels: text (CLIP prompts), label_map (ImageNet classes), auto (text for CLIP teachers,
-    label_map for ImageNet classifiers) or none."""
+    zero_shot: str = choice(HEADS, "auto", extra=("auto", "none"))
+    """Head that needs no labels (``registry.HEADS``): text (CLIP prompts), label_map (ImageNet classes), a plugin's,
+    auto (the teacher's own: ``heads.zero_shot_kind``, text for CLIP teachers, label_map for ImageNet classifiers) or
+    none."""
     probe: bool = True
     """Fit a linear probe on the teacher's embeddings of the labeled training images (when there are labels)."""
-    templates: Templates = "ensemble"
-    """Prompt templates of the text head."""
+    templates: str = choice(TEMPLATES, "ensemble")
+    """Prompt templates of the text head (``registry.TEMPLATES``)."""
     label_map: str | None = None
     """Label map name or JSON path for the label_map head; None: a shipped map covering the classes."""
 
@@ -666,12 +764,13 @@ class DeploySettings:
     """Untimed runs before each measurement."""
     iters: int = 30
     """Timed runs per measurement."""
-    runtimes: list[str] = field(default_factory=lambda: ["onnxruntime"])
-    """Runtimes raced (deploy.bench.RUNTIMES; unavailable ones are skipped with the reason)."""
+    runtimes: list[str] = choice(RUNTIMES, ["onnxruntime"])
+    """Runtimes raced (``registry.RUNTIMES``, the deployment runtimes; unavailable ones are skipped with the reason)."""
     tutorial_teacher: str | None = DEFAULT_OPENCLIP_MODEL
     """Also race this open_clip image tower (random-init: speed does not depend on weights), the tutorial's teacher."""
 
     def __post_init__(self) -> None:
+        check_choices(self)
         require(self.calib_size >= 1, "deploy", "calib_size", self.calib_size, "it must be >= 1")
         require(bool(self.batch_sizes) and min(self.batch_sizes) >= 1, "deploy", "batch_sizes", self.batch_sizes,
                 "give batch sizes >= 1")
@@ -718,8 +817,14 @@ class DistillConfig:
     students; its labels are used for nothing else. None: no accuracy against real labels."""
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     """How images are retrieved from the pool (with ``prompts`` and ``pool``)."""
+    plugins: list[str] = field(default_factory=list)
+    """Modules imported first, which register teachers, heads, losses, datasets or templates (``registry``): module
+    names importable from ``sys.path`` or paths of ``.py`` files. Installed packages can instead declare the entry
+    point group ``edgedistill.plugins``."""
 
     def __post_init__(self) -> None:
+        self.plugins = check_plugins(self.plugins, "distill")
+        load_plugins(self.plugins)
         if isinstance(self.pool, str):
             self.pool = [self.pool]
         if (self.prompts is None) != (not self.pool):
@@ -754,10 +859,10 @@ class OptimizeConfig:
     """The trained student's run directory (``config.yaml``, ``student.json``, ``student.safetensors``)."""
     qat: bool = False
     """INT8 quantization-aware training: calibrate on real training images, then fine-tune with fake quantization."""
-    sparsity: Sparsity | None = None
+    sparsity: str | None = choice(Sparsity, None)
     """``2:4``: every group of 4 weights along the input channels keeps 2 (layers that cannot take it are skipped and
     listed). With ``qat``: sparsify and fine-tune first, then QAT. In a YAML file write it quoted: ``'2:4'``."""
-    sparsity_method: SparsityMethod = "magnitude"
+    sparsity_method: str = choice(SparsityMethod, "magnitude")
     """How the 2:4 mask is chosen: magnitude (per group of 4, the 2 largest; the layout TensorRT uses) or sparsegpt
     (Hessian-aware, needs calibration images; its 3x3-conv masks are 2:4 along C*R*S, which TensorRT cannot use)."""
     epochs: int | None = None
@@ -798,8 +903,8 @@ class OptimizeConfig:
 
 
 __all__ = [
-    "CACHED_CROP_SCALE", "DEFAULT_CACHE_DIR", "DEFAULT_DATA_DIR", "DataConfig", "DeploySettings", "DistillConfig",
+    "CACHED_CROP_SCALE", "Choices", "DEFAULT_CACHE_DIR", "DEFAULT_DATA_DIR", "DataConfig", "DeploySettings", "DistillConfig",
     "GridConfig", "GridRow", "GridSections", "GridTeacher", "HeadsConfig", "OptimizeConfig", "RECORD_IGNORED", "RetrieveConfig",
-    "StudentRow", "TeacherConfig", "TrainConfig", "asdict", "check_choices", "from_dict", "replace", "require",
-    "split_names",
+    "StudentRow", "TeacherConfig", "TrainConfig", "asdict", "check_choices", "check_plugins", "choice", "from_dict",
+    "load_config", "load_sections", "read_yaml", "registry_fields", "replace", "require", "split_names",
 ]

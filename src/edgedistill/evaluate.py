@@ -29,7 +29,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from edgedistill import heads as H
 from edgedistill import storage
 from edgedistill.cache import ensure_cache, gather
-from edgedistill.config import DEFAULT_CACHE_DIR, DataConfig, TeacherConfig, Templates
+from edgedistill.config import DEFAULT_CACHE_DIR, DataConfig, TeacherConfig
 from edgedistill.console import progress, say
 from edgedistill.data.sources import ImageFolderSource
 from edgedistill.data.splits import SplitDataset, SplitPart, build_splits, collate_skip_bad
@@ -130,21 +130,23 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 # ----------------------------------------------------------------------------- teacher
 
-TEACHER_HEADS = ("auto", "text", "label_map", "linear", "all")
-
-
 def resolve_heads(head: str, teacher) -> list[str]:
-    """Head kinds of ``head`` (``auto``, ``all``, one kind, or a comma-separated list) for this teacher."""
+    """Head kinds of ``head`` (``auto``, ``all``, a kind of ``registry.HEADS``, or a comma-separated list) for this
+    teacher: ``auto`` is its zero-shot head (``heads.zero_shot_kind``), ``all`` every head it can feed."""
     names = [h.strip() for h in head.split(",") if h.strip()]
-    bad = [h for h in names if h not in TEACHER_HEADS]
+    bad = [h for h in names if h not in ("auto", "all") and h not in H.HEADS]
     if bad or not names:
-        raise ConfigError(f"Unknown head {head!r}. Valid: {', '.join(TEACHER_HEADS)}, or a comma-separated list")
+        raise ConfigError(f"Unknown head {head!r}. Valid: auto, all, {', '.join(H.HEADS)}, or a comma-separated list")
     kinds: list[str] = []
     for h in names:
         if h == "auto":
-            kinds += ["text"] if teacher.has_text else ["label_map"]
+            kind = H.zero_shot_kind(teacher)
+            if kind is None:
+                raise ConfigError(f"head='auto': no zero-shot head fits teacher {teacher.name!r}; name one of "
+                                  f"{', '.join(H.HEADS)}")
+            kinds.append(kind)
         elif h == "all":
-            kinds += (["text"] if teacher.has_text else []) + (["label_map"] if teacher.num_classes else []) + ["linear"]
+            kinds += [k for k in H.HEADS if H.HEADS[k].fits(teacher)]
         else:
             kinds.append(h)
     return list(dict.fromkeys(kinds))
@@ -235,13 +237,15 @@ def plan_teacher_eval(data: DataConfig, teacher: TeacherConfig, *, head: str, te
     classes, built = splits.classes, {}
     spec = [split]
     for kind in kinds:
-        if kind == "text":
-            built[kind] = (H.build_head("text", classes=classes, dataset=data.dataset, teacher=model,
-                                        templates=templates), classes)
-        elif kind == "label_map":
-            if not model.num_classes:
-                raise ConfigError(f"head='label_map' needs a classifier teacher; {teacher.describe()} has no logits")
-            built[kind] = (H.build_head("label_map", classes=classes, dataset=data.dataset, label_map=label_map), classes)
+        cls = H.head_class(kind)
+        if not cls.fits(model):
+            why = (f"it has no {cls.reads}, which the {cls.title} reads" if not getattr(model, "num_classes", None)
+                   and cls.reads == "logits" else f"the {cls.title} does not fit it")
+            raise ConfigError(f"head={kind!r} needs another teacher: for {teacher.describe()}, {why}; valid for it: "
+                              f"{', '.join(k for k in H.HEADS if H.HEADS[k].fits(model))}")
+        if not cls.needs_labels:
+            built[kind] = (H.build_head(kind, classes=classes, dataset=data.dataset, teacher=model,
+                                        templates=templates, label_map=label_map), classes)
         elif probe is not None:
             base = _probe_base(probe)
             # A probe scores the classes it was fitted on; the images' classes must be among them.
@@ -249,12 +253,12 @@ def plan_teacher_eval(data: DataConfig, teacher: TeacherConfig, *, head: str, te
             unknown = [c for c in classes if c not in probe_classes]
             if unknown:
                 raise DataError(f"Classes {unknown} of the images are not among the probe's classes {probe_classes}")
-            built[kind] = (H.build_head("linear", classes=probe_classes, dataset=data.dataset, saved=str(base)),
+            built[kind] = (H.build_head(kind, classes=probe_classes, dataset=data.dataset, saved=str(base)),
                            list(probe_classes))
         else:
             for name in ("train", "val"):
                 if not splits.size(name):
-                    raise DataError(f"head=linear without --probe fits a probe, which needs a {name!r} split "
+                    raise DataError(f"head={kind} without --probe fits a probe, which needs a {name!r} split "
                                     f"(data.val_fraction > 0 for val); this dataset has {', '.join(splits.parts)}. "
                                     "Pass --probe PATH to score a saved probe instead")
             spec += ["train", "val"]
@@ -317,7 +321,7 @@ def evaluate_teacher(
         else:
             module, report = fit_probe(plan.splits, caches, out_dir / "probe" if out_dir else None, retrain=train_probe)
             head_classes = classes
-        x = cached.logits if kind == "label_map" else cached.embedding
+        x = cached.logits if H.head_class(kind).reads == "logits" else cached.embedding
         with torch.no_grad():
             pred = module.float().eval()(torch.from_numpy(x))  # [N, C]
         to_head = np.asarray([head_classes.index(c) for c in classes] + [-1])  # label -1 (hidden) stays -1
@@ -341,7 +345,7 @@ def teacher_command(
     data: DataConfig = DataConfig(),
     teacher: TeacherConfig = TeacherConfig(),
     head: str = "auto",
-    templates: Templates = "ensemble",
+    templates: str = "ensemble",
     label_map: str | None = None,
     probe: str | None = None,
     split: str = "val",
@@ -355,7 +359,7 @@ def teacher_command(
         data: the dataset.
         teacher: the teacher.
         head: auto (text for CLIP, label_map for ImageNet classifiers), text, label_map, linear, all, or a list a,b.
-        templates: prompt templates of the text head (ensemble, simple or tutorial).
+        templates: prompt templates of the text head (edgedistill.registry.TEMPLATES: ensemble, simple, tutorial).
         label_map: label map name (cifar10, stl10) or a JSON path; default: the dataset's.
         probe: a saved linear probe to score (path, or the folder holding probe.*); default: fit one on train.
         split: the split to evaluate.
@@ -462,7 +466,7 @@ def eval_command(
     split: str = "test",
     images: str | None = None,
     head: str = "auto",
-    templates: Templates = "ensemble",
+    templates: str = "ensemble",
     label_map: str | None = None,
     probe: str | None = None,
     cache_dir: str = DEFAULT_CACHE_DIR,

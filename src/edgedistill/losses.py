@@ -3,19 +3,26 @@
 The parts (``{"loss": total, "ce": ..., "kd": ...}``) are logged one by one, so a run's
 logs show which term drives training (as in timm's distillation task).
 
+The training losses are the entries of ``registry.LOSSES`` (``TrainConfig.loss``): each is
+``loss(out: StudentOutputs, cfg: TrainConfig) -> {"loss", ...parts}``, marked with the
+``target`` it trains by :func:`trains`. A new loss is one such function (in its own file, or
+a plugin) plus one registry line; the LightningModule passes it the batch and the config.
+
 Conventions: ``B`` batch, ``C`` classes, ``D`` embedding width. Labels use ``-1`` for
 images whose label is hidden (unlabeled data); those never enter the cross-entropy.
 """
 
 from __future__ import annotations
 
-from typing import get_args
+from dataclasses import dataclass
+from typing import Callable, get_args
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from edgedistill.config import FeatureLoss, KDReduction
+from edgedistill.config import FeatureLoss, KDReduction, TrainConfig
 from edgedistill.errors import ConfigError
+from edgedistill.registry import LOSSES
 
 FEATURE_LOSSES = get_args(FeatureLoss)
 KD_REDUCTIONS = get_args(KDReduction)
@@ -183,6 +190,76 @@ def feature_kd_loss(
     return _weighted(kd, student_logits, labels, kd_weight, ce_weight)
 
 
+# ----------------------------------------------------------------------------- the registered training losses
+
+
+@dataclass
+class StudentOutputs:
+    """What a training loss sees of one batch.
+
+    Attributes:
+        output: The student's own output: class logits ``[B, C]``, or an embedding ``[B, D]`` (``target=embedding``).
+        logits: Class logits ``[B, C]``: ``output``, or the frozen head applied to it for an embedding student.
+        labels: ``[B]`` with ``-1`` for hidden labels.
+        teacher: The teacher's target: logits ``[B, C]`` (``target=logits``), embedding ``[B, D]``
+            (``target=embedding``); None for ``target=labels``.
+    """
+
+    output: Tensor
+    logits: Tensor
+    labels: Tensor
+    teacher: Tensor | None = None
+
+
+Loss = Callable[[StudentOutputs, TrainConfig], dict[str, Tensor]]
+DEFAULT_LOSS = {"labels": "ce", "logits": "kd", "embedding": "feature"}
+"""The loss of each ``TrainConfig.target`` when ``TrainConfig.loss`` is None."""
+
+
+def trains(target: str) -> Callable[[Loss], Loss]:
+    """Mark a registered loss with the ``TrainConfig.target`` it trains (what the student outputs, what the teacher
+    gives): ``labels``, ``logits`` or ``embedding``."""
+    def mark(fn: Loss) -> Loss:
+        fn.target = target
+        return fn
+    return mark
+
+
+def resolve_loss(cfg: TrainConfig) -> tuple[str, Loss]:
+    """The name and function of ``cfg``'s loss (``cfg.loss`` or the target's default), checked against its target.
+
+    Raises:
+        ConfigError: an unknown loss, or one that trains another target.
+    """
+    name = cfg.loss or DEFAULT_LOSS[cfg.target]
+    fn = LOSSES[name]
+    if getattr(fn, "target", None) != cfg.target:
+        raise ConfigError(f"train.loss={name!r} is invalid with train.target={cfg.target!r}: it trains "
+                          f"target={getattr(fn, 'target', None)!r}. Losses of {cfg.target!r}: "
+                          + ", ".join(n for n, f in LOSSES.items() if getattr(f, "target", None) == cfg.target))
+    return name, fn
+
+
+@trains("labels")
+def ce_loss(out: StudentOutputs, cfg: TrainConfig) -> dict[str, Tensor]:
+    """``ce``: cross-entropy on the labelled images (:func:`label_loss`)."""
+    return label_loss(out.logits, out.labels)
+
+
+@trains("logits")
+def kd_loss(out: StudentOutputs, cfg: TrainConfig) -> dict[str, Tensor]:
+    """``kd``: response KD plus weighted cross-entropy (:func:`response_kd_loss`)."""
+    return response_kd_loss(out.output, out.teacher, out.labels, temperature=cfg.temperature, kd_weight=cfg.kd_weight,
+                            ce_weight=cfg.ce_weight, reduction=cfg.kd_reduction)
+
+
+@trains("embedding")
+def feature_loss(out: StudentOutputs, cfg: TrainConfig) -> dict[str, Tensor]:
+    """``feature``: feature KD (``cfg.feature_loss`` distance) plus weighted cross-entropy (:func:`feature_kd_loss`)."""
+    return feature_kd_loss(out.output, out.teacher, out.logits, out.labels, kind=cfg.feature_loss,
+                           kd_weight=cfg.kd_weight, ce_weight=cfg.ce_weight)
+
+
 def _weighted(kd: Tensor, logits: Tensor, labels: Tensor, kd_weight: float, ce_weight: float) -> dict[str, Tensor]:
     # CE is always computed so it can be logged, but only enters the total when weighted.
     ce = cross_entropy(logits, labels)
@@ -191,7 +268,14 @@ def _weighted(kd: Tensor, logits: Tensor, labels: Tensor, kd_weight: float, ce_w
 
 
 __all__ = [
+    "DEFAULT_LOSS",
     "FEATURE_LOSSES",
+    "StudentOutputs",
+    "ce_loss",
+    "feature_loss",
+    "kd_loss",
+    "resolve_loss",
+    "trains",
     "KD_REDUCTIONS",
     "cross_entropy",
     "kl_divergence",

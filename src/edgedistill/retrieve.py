@@ -55,7 +55,7 @@ from edgedistill.data.sources import describe_item
 from edgedistill.data.splits import build_splits
 from edgedistill.deploy.runtime import l2_normalize
 from edgedistill.errors import ConfigError
-from edgedistill.heads import save_head
+from edgedistill.heads import save_head, zero_shot_kind
 from edgedistill.heads.label_map import OTHER, format_review, with_other
 from edgedistill.heads.zero_shot import prompt_head
 from edgedistill.prompts import class_names, prompts_digest, read_prompts
@@ -418,11 +418,8 @@ def plan_retrieval(
     data = DataConfig(dataset="pool", unlabeled=paths, prompts=str(prompts), held_out=held_out, val_fraction=0.0)
     splits = build_splits(data)
     model = teacher_model if teacher_model is not None else create_teacher(teacher, cache_dir)
-    if getattr(model, "has_text", False):
-        kind = "text"
-    elif model.num_classes:
-        kind = "label_map"
-    else:
+    kind = zero_shot_kind(model)  # the one rule: text for CLIP teachers, label_map for ImageNet classifiers
+    if kind not in ("text", "label_map"):
         raise ConfigError(f"Teacher {teacher.describe()} has neither a text tower nor class logits: nothing scores prompts")
     if cfg.label_map is not None and kind != "label_map":
         raise ConfigError(f"retrieve.label_map={cfg.label_map!r} is for ImageNet-classifier teachers; "

@@ -43,7 +43,11 @@ source of a split, in one or several processes) and ``command`` (``edgedistill c
 
 from __future__ import annotations
 
-from edgedistill.cache.command import cache_command, format_summary
+import sys
+import types
+from typing import Any
+
+from edgedistill.cache.command import cache, cache_command, format_summary
 from edgedistill.cache.ensure import ensure_cache
 from edgedistill.cache.gathered import Gathered, gather
 from edgedistill.cache.pixels import PixelCache, pixel_cache
@@ -60,6 +64,17 @@ from edgedistill.cache.store import (
 )
 from edgedistill.cache.teacher import TeacherViews, cache_source, plan_cache, run_cache
 
-__all__ = ["EVAL_VIEW", "FORMAT_VERSION", "CacheDamagedError", "CacheJob", "Gathered", "PixelCache", "ShardedArray",
+__all__ = ["EVAL_VIEW", "FORMAT_VERSION", "cache", "CacheDamagedError", "CacheJob", "Gathered", "PixelCache", "ShardedArray",
            "TeacherCache", "TeacherViews", "cache_command", "cache_path", "cache_source", "ensure_cache", "format_summary",
            "gather", "pixel_cache", "plan_cache", "rank_world", "run_cache", "run_shards", "source_id", "view_name"]
+
+
+class _CallableModule(types.ModuleType):
+    """``edgedistill.cache`` is this package and the API function :func:`cache` at once (as the package's
+    ``distill``, ``train`` and ``export`` are functions): calling the module calls it."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, TeacherCache]:
+        return cache(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule  # last: calling edgedistill.cache calls cache()

@@ -1,13 +1,45 @@
-"""``edgedistill cache``: compute and store a split's teacher outputs, and print what was cached."""
+"""``edgedistill cache``: compute and store a split's teacher outputs, and print what was cached; :func:`cache`, the
+same from Python (``edgedistill.cache(...)``)."""
 
 from __future__ import annotations
 
+import os
 import time
 
 from edgedistill.cache.ensure import ensure_cache
 from edgedistill.cache.shards import rank_world
 from edgedistill.cache.store import TeacherCache
-from edgedistill.config import DEFAULT_CACHE_DIR, DataConfig, TeacherConfig
+from edgedistill.config import DEFAULT_CACHE_DIR, DataConfig, TeacherConfig, load_config
+
+
+def cache(
+    data: DataConfig | dict | str | os.PathLike | None = None,
+    teacher: TeacherConfig | dict | str | os.PathLike | None = None,
+    *,
+    split: str = "train+val+unlabeled",
+    cache_dir: str = DEFAULT_CACHE_DIR,
+    views: int = 0,
+    seed: int = 0,
+    num_workers: int = 2,
+    devices: int = 1,
+) -> dict[str, TeacherCache]:
+    """Python API (``edgedistill.cache(...)``): the teacher's outputs for every source of ``split``, computed once.
+
+    Args:
+        data: the dataset: a ``DataConfig``, a mapping of its fields or a YAML file of them; None: the defaults.
+        teacher: the teacher, likewise (``TeacherConfig``).
+        split: splits to cover, joined with ``+``.
+        cache_dir: where caches live.
+        views: 0: the plain view; K: K augmented views per image.
+        seed: seed of the augmented views.
+        num_workers: image-decoding workers per process.
+        devices: processes computing the cache together.
+
+    Returns:
+        ``{source key: TeacherCache}`` (``.embedding [N, D]``, ``.logits [N, C]`` or None, ``.valid``, ``.manifest``).
+    """
+    return ensure_cache(load_config(DataConfig, data), load_config(TeacherConfig, teacher), split, cache_dir,
+                        views=views, seed=seed, devices=devices, num_workers=num_workers)
 
 
 def cache_command(

@@ -44,6 +44,7 @@ from edgedistill.data.sources import (
 )
 from edgedistill.errors import DataError
 from edgedistill.prompts import class_names, read_prompts
+from edgedistill.registry import DATASETS
 
 SPLITS = ("train", "val", "test", "unlabeled")
 DEFAULT_FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -350,8 +351,6 @@ def _manifest(cfg: DataConfig) -> tuple[Path, list[Source], list[Source], list[S
     return Path(cfg.root).expanduser().resolve(), labeled, _held_out(cfg, classes), []
 
 
-_OPENERS = {"stl10": _stl10, "cifar10": _cifar10, "fashion_mnist": _fashion_mnist, "imagefolder": _imagefolder, "demo": _demo,
-            "pool": _pool, "manifest": _manifest}
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,7 +369,7 @@ def build_splits(cfg: DataConfig) -> DataSplits:
     Raises:
         DataError: missing or malformed data, or an extra unlabeled path that is not images.
     """
-    root, labeled, test, unlabeled = _OPENERS[cfg.dataset](cfg)
+    root, labeled, test, unlabeled = DATASETS[cfg.dataset](cfg)  # the openers above, by registry.DATASETS
     for path in cfg.unlabeled if cfg.dataset not in ("pool", "manifest") else []:  # a pool's own paths are opened
         stem = safe_name(Path(path).name.removesuffix(".tar"), "images")
         unlabeled.append(UnlabeledImages(path, unique_key(f"extra/{stem}", {s.key for s in unlabeled})))

@@ -44,6 +44,20 @@ class LabelMapHead(nn.Module):
     """
 
     kind = "label_map"
+    reads = "logits"
+    needs_labels = False
+    title = "ImageNet label map"
+    source = "label map (a shipped name or a JSON path)"
+
+    @classmethod
+    def fits(cls, teacher: Any) -> bool:
+        """Any classifier teacher (it has class logits)."""
+        return bool(getattr(teacher, "num_classes", None))
+
+    @classmethod
+    def build(cls, ctx: Any) -> LabelMapHead:
+        """``ctx.source`` (a label map name or JSON path), else the shipped map of ``ctx.dataset`` / covering the classes."""
+        return load_label_map(ctx.source or default_label_map(ctx.dataset, ctx.classes), ctx.classes)
 
     def __init__(self, groups: list[list[int]], num_teacher_classes: int = 1000) -> None:
         super().__init__()

@@ -27,6 +27,19 @@ class LinearProbe(nn.Module):
     """
 
     kind = "linear"
+    reads = "embedding"
+    needs_labels = True
+    title = "linear probe"
+
+    @classmethod
+    def fits(cls, teacher: Any) -> bool:
+        """Any teacher: every one has an embedding."""
+        return True
+
+    @classmethod
+    def build(cls, ctx: Any) -> LinearProbe:
+        """Fitted on labels (``edgedistill teacher``), never built from the teacher alone."""
+        raise ConfigError("A linear head needs a probe saved by 'edgedistill teacher' (e.g. runs/teacher/probe)")
 
     def __init__(self, in_dim: int, num_classes: int, normalize: bool = True) -> None:
         super().__init__()

@@ -9,29 +9,29 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgedistill.errors import ConfigError, EdgeDistillError
-
-TEMPLATE_SETS = ("ensemble", "tutorial", "simple")
-
+from edgedistill.registry import TEMPLATES
 
 def _article(c: str) -> str:
     return f"{'an' if c[:1].lower() in 'aeiou' else 'a'} {c}"
 
 
+TUTORIAL_TEMPLATES = (_article,)
+"""The reference tutorial's single prompt: "a {c}" / "an {c}" by the class name's first letter."""
+
+
 def prompt_templates(templates: str) -> Sequence:
-    """The prompt templates of a named set, as open_clip's ``build_zero_shot_classifier`` takes them.
+    """The prompt templates of a named set (``registry.TEMPLATES``), as open_clip's ``build_zero_shot_classifier``
+    takes them.
 
     Args:
         templates: ``ensemble``: open_clip's OPENAI_IMAGENET_TEMPLATES (80 prompts, "a photo of a {c}." ...);
-            ``simple``: SIMPLE_IMAGENET_TEMPLATES (7 prompts); ``tutorial``: the reference tutorial's
-            single prompt, "a {c}" / "an {c}" by the class name's first letter.
+            ``simple``: SIMPLE_IMAGENET_TEMPLATES (7 prompts); ``tutorial``: :data:`TUTORIAL_TEMPLATES`; or any
+            set a plugin registered.
+
+    Raises:
+        ConfigError: an unknown set (the valid ones listed).
     """
-    if templates == "ensemble":
-        return open_clip.OPENAI_IMAGENET_TEMPLATES
-    if templates == "simple":
-        return open_clip.SIMPLE_IMAGENET_TEMPLATES
-    if templates == "tutorial":
-        return (_article,)
-    raise ConfigError(f"Unknown prompt templates {templates!r}. Valid: {', '.join(TEMPLATE_SETS)}")
+    return TEMPLATES[templates]
 
 
 class TextHead(nn.Module):
@@ -43,6 +43,19 @@ class TextHead(nn.Module):
     """
 
     kind = "text"
+    reads = "embedding"
+    needs_labels = False
+    title = "zero-shot text head"
+
+    @classmethod
+    def fits(cls, teacher: Any) -> bool:
+        """Any teacher with a text tower (CLIP)."""
+        return bool(getattr(teacher, "has_text", False))
+
+    @classmethod
+    def build(cls, ctx: Any) -> TextHead:
+        """The class prompts (``ctx.templates``) embedded by ``ctx.teacher``'s text tower."""
+        return build_text_head(ctx.teacher, ctx.classes, ctx.templates)
 
     def __init__(self, text_embeddings: Tensor, logit_scale: float) -> None:
         super().__init__()

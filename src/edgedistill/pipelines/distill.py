@@ -41,23 +41,37 @@ from edgedistill.config import (
     GridTeacher,
     StudentRow,
     TeacherConfig,
+    TrainConfig,
     asdict,
+    check_choices,
     from_dict,
 )
 from edgedistill.console import say
 from edgedistill.errors import ConfigError
+from edgedistill.pipelines.results import (
+    DataSummary,
+    DeployRow,
+    DistillResults,
+    Evaluation,
+    ExportSummary,
+    HeadScore,
+    Invocation,
+    Machine,
+    RetrievalSummary,
+    StudentResult,
+    TeacherSummary,
+)
 
 DEMO_CONFIG = "demo.yaml"
 
 
-def _earlier_invocations(path: Path) -> list[dict]:
+def _earlier_invocations(path: Path) -> list[Invocation]:
     """The invocations recorded by an earlier ``results.json`` in the same folder (a rerun reuses their work)."""
     if not path.is_file():
         return []
     try:
-        prev = storage.read_json(path)
-        return list(prev.get("invocations") or [{"finished": prev["finished"], "elapsed_s": prev["elapsed_s"]}])
-    except Exception:  # noqa: BLE001 - a damaged record of timings loses only the timings
+        return DistillResults.load(path).invocations
+    except Exception:  # noqa: BLE001 - a damaged (or older-schema) record of timings loses only the timings
         return []
 
 
@@ -108,6 +122,8 @@ class DistillPlan:
     notes: list[str] = field(default_factory=list)
     retrieval: Any = None
     """Zero labels: the checked ``retrieve.RetrievalPlan`` that makes the training images (``data`` is its manifest)."""
+    teacher_params: int | None = None
+    """The teacher's parameter count (it is built once at plan time, to choose its zero-shot head)."""
 
 
 def plan_distill(cfg: DistillConfig) -> DistillPlan:
@@ -120,6 +136,7 @@ def plan_distill(cfg: DistillConfig) -> DistillPlan:
 
     from edgedistill.data.splits import build_splits
 
+    check_choices(cfg.deploy)  # a runtime typo (registry.RUNTIMES) fails here, not after training
     gpu = torch.cuda.is_available()
     shared = GridSections(data=asdict(cfg.data), teacher=asdict(cfg.teacher), train=asdict(cfg.train))
     notes = []
@@ -136,9 +153,8 @@ def plan_distill(cfg: DistillConfig) -> DistillPlan:
     splits = build_splits(data)
     has_labels = data.train_labels and bool((splits.labels("train") >= 0).any())
     has_test = bool(splits.size("test"))
-    zero_shot = cfg.heads.zero_shot
-    if zero_shot == "auto":
-        zero_shot = "text" if teacher.kind == "openclip" else "label_map"
+    model = _plan_teacher(teacher)
+    zero_shot = _zero_shot_head(cfg.heads.zero_shot, model, teacher)
     heads = ([zero_shot] if zero_shot != "none" else []) + (["linear"] if cfg.heads.probe and has_labels else [])
     if not has_labels:
         notes.append("The training images have no labels here: no linear probe and no from-labels baseline; the "
@@ -148,7 +164,37 @@ def plan_distill(cfg: DistillConfig) -> DistillPlan:
                          only=f"this run has only {heads or 'no heads'}; set its train.head to one of them")
     if not has_test:
         notes.append(f"Dataset {data.dataset!r} has no held-out test split: the numbers are validation accuracy.")
-    return DistillPlan(cfg, data, teacher, grid, heads, has_labels, has_test, gpu, notes)
+    return DistillPlan(cfg, data, teacher, grid, heads, has_labels, has_test, gpu, notes,
+                       teacher_params=_count(model))
+
+
+def _plan_teacher(teacher: TeacherConfig):
+    """The teacher, built once at plan time (on the CPU, in torch): its weights are found before any work, and its
+    outputs decide its zero-shot head."""
+    from edgedistill.teachers import create_teacher
+
+    return create_teacher(replace(teacher, device="cpu", runtime="torch"))
+
+
+def _count(model) -> int:
+    from edgedistill.students import count_parameters
+
+    return count_parameters(model)
+
+
+def _zero_shot_head(asked: str, model, teacher: TeacherConfig) -> str:
+    """``heads.zero_shot`` resolved for this teacher: ``auto`` is its own (``heads.zero_shot_kind``); a named head must
+    need no labels and be one the teacher can feed; ``none`` stays."""
+    from edgedistill.heads import HEADS, head_class, zero_shot_kind
+
+    if asked == "none":
+        return asked
+    kind = zero_shot_kind(model) if asked == "auto" else asked
+    fitting = [k for k in HEADS if not HEADS[k].needs_labels and HEADS[k].fits(model)]
+    if kind is None or head_class(kind).needs_labels or not head_class(kind).fits(model):
+        raise ConfigError(f"heads.zero_shot={asked!r} is invalid for teacher {teacher.describe()}: its zero-shot heads "
+                          f"are {', '.join(fitting) or 'none'}; set one of them, or none")
+    return kind
 
 
 def _student_grid(cfg: DistillConfig, shared: GridSections, students: list[StudentRow], heads: list[str],
@@ -161,6 +207,9 @@ def _student_grid(cfg: DistillConfig, shared: GridSections, students: list[Stude
     """
     for key in ("name", "resume"):  # each student is its own run, named by its row; finished runs are found again
         shared.train.pop(key, None)
+    from edgedistill.heads import check_head_target
+    from edgedistill.losses import resolve_loss
+
     rows = []
     for r in students:
         train = {**shared.train, **r.train}
@@ -174,8 +223,14 @@ def _student_grid(cfg: DistillConfig, shared: GridSections, students: list[Stude
         raise ConfigError("distill needs at least one distilled student (train.target logits or embedding)")
     grid = GridConfig(runs=rows, name=cfg.name, out_dir=str(Path(cfg.out) / "runs"), cache_dir=cfg.cache_dir,
                       defaults=shared, teacher=GridTeacher(heads=heads, templates=cfg.heads.templates, label_map=label_map))
-    for row in grid.runs:
-        grid.configs(row)  # every student's full config is valid before the teacher runs on one image
+    for row in grid.runs:  # every student's full config is valid before the teacher runs on one image
+        tcfg = grid.configs(row)[2]
+        try:
+            resolve_loss(tcfg)
+            if tcfg.target != "labels":
+                check_head_target(tcfg.head, tcfg.target)
+        except ConfigError as e:
+            raise ConfigError(f"Student {row.name!r}: {e}") from None
     return grid
 
 
@@ -351,8 +406,8 @@ def _teacher_params(teacher_cfg: TeacherConfig) -> int:
     return count_parameters(create_teacher(replace(teacher_cfg, device="cpu", runtime="torch")))
 
 
-def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = None) -> dict:
-    """Run the whole job into ``cfg.out``; returns the ``results.json`` dict (also written, with report.md).
+def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = None) -> DistillResults:
+    """Run the whole job into ``cfg.out``; returns its results (also written: ``results.json``, with report.md).
 
     Args:
         cfg: the job.
@@ -391,9 +446,7 @@ def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = No
     if plan.retrieval is not None and plan.retrieval.kind == "text":
         _score_prompt_head(plan, grid["rows"])
     write_grid_results(grid, Path(plan.grid.out_dir))
-    teacher_rows = {r["target"]: r for r in grid["rows"] if r["kind"] == "teacher"}
-    students = [r for r in grid["rows"] if r["kind"] == "student"]
-    distilled = [r for r in students if r["target"] != "labels"]
+    distilled = [r for r in grid["rows"] if r["kind"] == "student" and r["target"] != "labels"]
     best = max(distilled, key=lambda r: -1.0 if r["val_acc"] is None else r["val_acc"])  # chosen on val, never test
     best_run = Path(best["run_dir"])
 
@@ -410,49 +463,8 @@ def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = No
     bench = _bench(plan, student_dir, teacher_dir, out, tutorial_teacher_config)
 
     steps.start("report", "report")
-    from edgedistill.deploy.bench import machine_info
-
-    student_export = storage.read_json(student_dir / "export.json")
-    metrics = {r["name"]: storage.read_json(Path(r["run_dir"]) / "metrics.json") for r in students}
-    results = {
-        "name": cfg.name,
-        "command": "edgedistill " + " ".join(map(shlex.quote, sys.argv[1:])) if sys.argv[1:2] in (["distill"], ["demo"])
-        else f"edgedistill distill --config {out / 'config.yaml'}",
-        "machine": machine_info(),
-        "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "notes": plan.notes,
-        "gpu_budget": plan.gpu,
-        "data": {"dataset": plan.data.dataset, "counts": _counts(plan.data), "train_labels": plan.has_labels,
-                 "held_out": "test" if plan.has_test else None},
-        "teacher": {"describe": plan.teacher.describe(), "image_size": plan.teacher.image_size,
-                    "runtime": plan.teacher.runtime, "params": _teacher_params(plan.teacher),
-                    "heads": {k: {"val_acc": r["val_acc"], "test_acc": r["test_acc"]} for k, r in teacher_rows.items()}},
-        "students": [
-            {"name": r["name"], "arch": r["arch"], "target": r["target"], "head": r["head"],
-             "kwargs": metrics[r["name"]].get("student_kwargs") or _student_kwargs(Path(r["run_dir"])),
-             "n_unlabeled": r["n_unlabeled"], "val_acc": r["val_acc"], "test_acc": r["test_acc"],
-             "params": metrics[r["name"]].get("student_params"), "train_s": r["train_s"],
-             "epochs": metrics[r["name"]].get("epochs_completed"), "images_per_s": metrics[r["name"]].get("images_per_s"),
-             "n_val": metrics[r["name"]].get("n_val"), "run_dir": r["run_dir"]}
-            for r in students],
-        "best_student": best["name"],
-        "evaluation": {k: evaluation[k] for k in ("acc", "n", "per_class")} if evaluation else None,
-        "export": {"files": student_export["files"], "parity": student_export["parity"],
-                   "accuracy": student_export["accuracy"], "split": "test" if plan.has_test else "val",
-                   "dir": str(student_dir)},
-        "deploy": [{k: r[k] for k in ("model", "arch", "runtime", "precision", "batch", "resolution", "throughput_ips",
-                                      "latency_ms_p50", "latency_ms_p95", "peak_mem_mb", "file_mb")} for r in bench["rows"]],
-        "elapsed_s": round(time.time() - t0, 1),
-        "step_seconds": steps.done(),  # the report step: until these results were composed
-    }
-    results["invocations"] = _earlier_invocations(out / "results.json") + [
-        {"finished": results["finished"], "elapsed_s": results["elapsed_s"]}]
-    if retrieval is not None:
-        results["retrieval"] = {k: retrieval[k] for k in ("classes", "counts", "kept", "search", "score", "head")}
-        results["retrieval"].update(pool_images=retrieval["pool"]["images"], dir=str(out / "retrieve"),
-                                    manifest=str(out / "retrieve" / "manifest.csv"),
-                                    contact_sheet=str(out / "retrieve" / retrieval["files"]["contact_sheet"]))
-    storage.write_json(out / "results.json", results)
+    results = _results(plan, grid["rows"], best["name"], evaluation, student_dir, bench, retrieval, out, t0, steps)
+    results.write(out / "results.json")
     for png in ("accuracy.png", "accuracy_vs_unlabeled.png"):
         storage.write_bytes(out / png, (Path(plan.grid.out_dir) / png).read_bytes())
     storage.write_bytes(out / "bench.png", (out / "bench" / "bench.png").read_bytes())
@@ -461,6 +473,61 @@ def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = No
     print(f"report: {report}")
     print(f"deployed student: {student_dir} (edgedistill predict {student_dir} IMAGES...)")
     return results
+
+
+# ----------------------------------------------------------------------------- results.json
+
+
+def _results(plan: DistillPlan, rows: list[dict], best: str, evaluation: dict | None, student_dir: Path, bench: dict,
+             retrieval: dict | None, out: Path, t0: float, steps: _Steps) -> DistillResults:
+    """The run's ``results.json`` (``pipelines.results``), from what each step left."""
+    from edgedistill.deploy.bench import machine_info
+    from edgedistill.heads import head_class
+
+    cfg = plan.cfg
+    command = ("edgedistill " + " ".join(map(shlex.quote, sys.argv[1:])) if sys.argv[1:2] in (["distill"], ["demo"])
+               else f"edgedistill distill --config {out / 'config.yaml'}")
+    heads = {}
+    for r in (r for r in rows if r["kind"] == "teacher"):
+        cls = head_class(r["target"])
+        heads[r["target"]] = HeadScore(r["val_acc"], r["test_acc"], cls.title, cls.needs_labels)
+    teacher = TeacherSummary(plan.teacher.describe(), plan.teacher.image_size, plan.teacher.runtime,
+                             plan.teacher_params or _teacher_params(plan.teacher), heads)
+    train_cfgs = {row.name: plan.grid.configs(row)[2] for row in plan.grid.runs}
+    students = [_student_result(r, train_cfgs[r["name"]]) for r in rows if r["kind"] == "student"]
+    export = storage.read_json(student_dir / "export.json")
+    finished = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    elapsed = round(time.time() - t0, 1)
+    return DistillResults(
+        name=cfg.name, command=command, machine=Machine.from_info(machine_info()), finished=finished,
+        notes=plan.notes, gpu_budget=plan.gpu,
+        data=DataSummary(plan.data.dataset, _counts(plan.data), plan.has_labels, "test" if plan.has_test else None),
+        teacher=teacher, students=students, best_student=best,
+        evaluation=Evaluation(evaluation["acc"], evaluation["n"], evaluation["per_class"]) if evaluation else None,
+        export=ExportSummary(export["files"], export["parity"], export["accuracy"], "test" if plan.has_test else "val",
+                             str(student_dir)),
+        deploy=[DeployRow.from_row(r) for r in bench["rows"]],
+        elapsed_s=elapsed, step_seconds=steps.done(),  # the report step: until these results were composed
+        invocations=_earlier_invocations(out / "results.json") + [Invocation(finished, elapsed)],
+        retrieval=None if retrieval is None else RetrievalSummary(
+            retrieval["classes"], retrieval["counts"], retrieval["kept"], retrieval["search"], retrieval["score"],
+            retrieval["head"], retrieval["pool"]["images"], str(out / "retrieve"), str(out / "retrieve" / "manifest.csv"),
+            str(out / "retrieve" / retrieval["files"]["contact_sheet"])),
+    )
+
+
+def _student_result(row: dict, tcfg: TrainConfig) -> StudentResult:
+    """One student's results: its grid row, its run's ``metrics.json``, and its config's loss."""
+    from edgedistill.losses import DEFAULT_LOSS
+
+    run_dir = Path(row["run_dir"])
+    m = storage.read_json(run_dir / "metrics.json")
+    return StudentResult(
+        name=row["name"], arch=row["arch"], target=row["target"], head=row["head"],
+        loss=tcfg.loss or DEFAULT_LOSS[tcfg.target], kwargs=m.get("student_kwargs") or _student_kwargs(run_dir),
+        n_unlabeled=row["n_unlabeled"], val_acc=row["val_acc"], test_acc=row["test_acc"],
+        params=m.get("student_params"), train_s=row["train_s"], epochs=m.get("epochs_completed"),
+        images_per_s=m.get("images_per_s"), n_val=m.get("n_val"), run_dir=row["run_dir"])
 
 
 def _counts(data: DataConfig) -> dict:
@@ -473,17 +540,16 @@ def _student_kwargs(run_dir: Path) -> dict:
     return storage.read_json(run_dir / "student.json").get("kwargs", {})
 
 
-def summary_table(results: dict) -> str:
+def summary_table(results: DistillResults) -> str:
     """The final table on stdout: each model's accuracy, and the deployed student against the teacher."""
     from edgedistill.pipelines.report import headline, pct
 
-    held = results["data"]["held_out"]
-    lines = [f"| model | val acc | {held or 'held-out'} acc |", "|---|---:|---:|"]
-    for head, r in results["teacher"]["heads"].items():
-        lines.append(f"| teacher {head} | {pct(r['val_acc'])} | {pct(r['test_acc'])} |")
-    for s in results["students"]:
-        mark = " (deployed)" if s["name"] == results["best_student"] else ""
-        lines.append(f"| {s['name']}{mark} | {pct(s['val_acc'])} | {pct(s['test_acc'])} |")
+    lines = [f"| model | val acc | {results.data.held_out or 'held-out'} acc |", "|---|---:|---:|"]
+    for head, r in results.teacher.heads.items():
+        lines.append(f"| teacher {head} | {pct(r.val_acc)} | {pct(r.test_acc)} |")
+    for s in results.students:
+        mark = " (deployed)" if s.name == results.best_student else ""
+        lines.append(f"| {s.name}{mark} | {pct(s.val_acc)} | {pct(s.test_acc)} |")
     return "\n".join(lines + [""] + headline(results))
 
 

@@ -32,6 +32,7 @@ from edgedistill.config import GridConfig, GridSections, from_dict
 from edgedistill.console import say
 from edgedistill.errors import ConfigError
 from edgedistill.evaluate import evaluate_teacher
+from edgedistill.heads import head_class
 from edgedistill.pipelines.report import write_grid_results
 from edgedistill.training.fit import train
 from edgedistill.training.record import config_diffs, has_checkpoint
@@ -77,9 +78,10 @@ def _teacher_rows(grid: GridConfig, overrides: GridSections, test: bool) -> tupl
 def _student_row(grid: GridConfig, row, overrides: GridSections, probe: Path | None, smoke: bool) -> dict:
     """Step 2, one row: skip it if finished with the same settings, else train or resume it."""
     data, teacher, tcfg = grid.configs(row, overrides)
-    if tcfg.head == "linear" and tcfg.target != "labels" and tcfg.head_path is None:
+    if tcfg.target != "labels" and tcfg.head_path is None and head_class(tcfg.head).needs_labels:
         if probe is None:
-            raise ConfigError(f"Run {row.name!r} distils the linear probe; add 'linear' to the grid's teacher.heads")
+            raise ConfigError(f"Run {row.name!r} distils the {tcfg.head} head fitted on labels; add {tcfg.head!r} to "
+                              "the grid's teacher.heads")
         tcfg.head_path = str(probe)
     run_dir = Path(tcfg.out_dir).expanduser().resolve() / tcfg.run_name()
     metrics_path = run_dir / "metrics.json"

@@ -1,6 +1,7 @@
 """Reports written from results, never from fixed text: ``distill``'s report.md and a grid's results tables.
 
-Every number is read from the run's results; the sentences that interpret them are chosen by
+``distill``'s report reads its results through the typed schema (``pipelines.results.DistillResults``,
+the same dataclasses that write ``results.json``); every number is read from the run's results; the sentences that interpret them are chosen by
 comparing those numbers, so the text stays true when the numbers change. The tutorial's
 published figures appear in their own section, labelled as the tutorial's.
 """
@@ -14,15 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from edgedistill import storage, tutorial
+from edgedistill.pipelines.results import DeployRow, DistillResults
 
 
 def pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
-
-
-def _final(s: dict) -> float | None:
-    """A student's or head's final number: held-out accuracy when read, else validation."""
-    return s["test_acc"] if s.get("test_acc") is not None else s.get("val_acc")
 
 
 def resolvable_gap(n: int, p: float = 0.7) -> float:
@@ -34,136 +31,134 @@ def resolvable_gap(n: int, p: float = 0.7) -> float:
     return 100 * 1.96 * math.sqrt(2 * p * (1 - p) / max(n, 1))
 
 
-def _race(results: dict) -> dict[tuple[str, str, int], dict]:
-    return {(r["model"], r["precision"], r["batch"]): r for r in results.get("deploy", [])}
+def _race(results: DistillResults) -> dict[tuple[str, str, int], DeployRow]:
+    return {(r.model, r.precision, r.batch): r for r in results.deploy}
 
 
-def headline(results: dict) -> list[str]:
+def headline(results: DistillResults) -> list[str]:
     """The first screen: the deployed student against its teacher in accuracy, speed and size."""
-    students = {s["name"]: s for s in results["students"]}
-    best = students[results["best_student"]]
-    heads = results["teacher"]["heads"]
-    ref_name = "linear" if "linear" in heads else next(iter(heads), None)
-    ref = _final(heads[ref_name]) if ref_name else None
-    where = f"the {results['evaluation']['n']:,} held-out images" if results.get("evaluation") else "validation"
-    acc = _final(best)
-    head_desc = {"linear": "linear probe", "text": "zero-shot text head", "label_map": "ImageNet label map"}
-    lines = [f"**{best['name']}** ({best['arch']}, {best['params'] / 1e6:.2f}M parameters) scores **{pct(acc)}** on "
-             f"{where}" + (f", **{100 * acc / ref:.1f}% of the teacher's {head_desc.get(ref_name, ref_name)}** "
+    best = results.best
+    reference = results.teacher.reference()
+    ref_head = reference[1] if reference else None
+    ref = ref_head.final if ref_head else None
+    where = f"the {results.evaluation.n:,} held-out images" if results.evaluation else "validation"
+    acc = best.final
+    lines = [f"**{best.name}** ({best.arch}, {best.params / 1e6:.2f}M parameters) scores **{pct(acc)}** on "
+             f"{where}" + (f", **{100 * acc / ref:.1f}% of the teacher's {ref_head.title or reference[0]}** "
                            f"({pct(ref)})" if ref else "") + "."]
-    baselines = [s for s in results["students"] if s["target"] == "labels" and _final(s) is not None]
+    baselines = [s for s in results.students if s.target == "labels" and s.final is not None]
     if baselines:
-        b = max(baselines, key=_final)
-        lines.append(f"It is {100 * (acc - _final(b)):+.1f} points against the best student trained on the labels "
-                     f"alone ({b['name']}: {pct(_final(b))}).")
+        b = max(baselines, key=lambda s: s.final)
+        lines.append(f"It is {100 * (acc - b.final):+.1f} points against the best student trained on the labels "
+                     f"alone ({b.name}: {pct(b.final)}).")
     race = _race(results)
     batch = max((k[2] for k in race), default=None)
     te = race.get(("teacher", "fp32", batch))
-    t_params = results["teacher"].get("params")
+    t_params = results.teacher.params
     for prec in ("fp32", "int8"):
         st = race.get(("student", prec, batch))
         if st and te:
-            mem = te["peak_mem_mb"] / max(st["peak_mem_mb"], 1e-6)
+            mem = te.peak_mem_mb / max(st.peak_mem_mb, 1e-6)
             lines.append(f"{prec.upper()} student, ONNX Runtime on this CPU, batch {batch}: "
-                         f"**{st['throughput_ips'] / te['throughput_ips']:.1f}x the teacher's throughput** "
-                         f"({st['throughput_ips']:.0f} vs {te['throughput_ips']:.0f} images/s, teacher in FP32), "
+                         f"**{st.throughput_ips / te.throughput_ips:.1f}x the teacher's throughput** "
+                         f"({st.throughput_ips:.0f} vs {te.throughput_ips:.0f} images/s, teacher in FP32), "
                          + (f"{mem:.1f}x less resident memory" if mem >= 1 else f"{1 / mem:.1f}x **more** resident memory")
-                         + f" ({st['peak_mem_mb']:.0f} vs {te['peak_mem_mb']:.0f} MB).")
-    if t_params and best.get("params"):
-        ratio = t_params / best["params"]
-        lines.append(f"Size: {best['params'] / 1e6:.2f}M parameters against the teacher's {t_params / 1e6:.2f}M "
+                         + f" ({st.peak_mem_mb:.0f} vs {te.peak_mem_mb:.0f} MB).")
+    if t_params and best.params:
+        ratio = t_params / best.params
+        lines.append(f"Size: {best.params / 1e6:.2f}M parameters against the teacher's {t_params / 1e6:.2f}M "
                      f"({ratio:.1f}x {'fewer' if ratio >= 1 else 'more'}).")
     return lines
 
 
-def _story(results: dict) -> list[str]:
-    d, t = results["data"], results["teacher"]
-    c = d["counts"]
-    labels = (f"{c.get('train', 0):,} labeled training images" if d["train_labels"]
+def _story(results: DistillResults) -> list[str]:
+    d, t = results.data, results.teacher
+    c = d.counts
+    labels = (f"{c.get('train', 0):,} labeled training images" if d.train_labels
               else f"{c.get('train', 0):,} training images whose labels are not used")
-    out = [f"Data: `{d['dataset']}`: {labels}, {c.get('val', 0):,} validation images (they choose each student's best "
+    out = [f"Data: `{d.dataset}`: {labels}, {c.get('val', 0):,} validation images (they choose each student's best "
            f"epoch and the student to deploy), {c.get('unlabeled', 0):,} unlabeled images"
-           + (f", {c.get('test', 0):,} held-out images read once for the final numbers." if d["held_out"] else
+           + (f", {c.get('test', 0):,} held-out images read once for the final numbers." if d.held_out else
               "; no held-out split, so every number is validation accuracy."),
-           f"Teacher: `{t['describe']}` at {t['image_size'] or 'its native'} px ({t['params'] / 1e6:.2f}M parameters, "
-           f"run by {t['runtime']} for caching), frozen; its outputs on every image are computed once and cached."]
-    for s in results["students"]:
-        kind = {"labels": "cross-entropy on the labels", "logits": f"response KD from the {s['head']} head",
-                "embedding": f"feature KD on the teacher's embedding, classified through the {s['head']} head"}[s["target"]]
-        extra = f", {s['kwargs']}" if s.get("kwargs") else ""
-        out.append(f"Student `{s['name']}`: {s['arch']}{extra} ({s['params'] / 1e6:.2f}M parameters), {kind}, "
-                   f"{s['n_unlabeled']:,} unlabeled images, {s['epochs']} epochs, "
-                   f"{(s['train_s'] or 0) / 60:.1f} min at {s['images_per_s'] or 0:.0f} images/s.")
+           f"Teacher: `{t.describe}` at {t.image_size or 'its native'} px ({t.params / 1e6:.2f}M parameters, "
+           f"run by {t.runtime} for caching), frozen; its outputs on every image are computed once and cached."]
+    for s in results.students:
+        kind = {"labels": "cross-entropy on the labels", "logits": f"response KD from the {s.head} head",
+                "embedding": f"feature KD on the teacher's embedding, classified through the {s.head} head"}.get(
+                    s.target, f"target {s.target}")
+        loss = "" if s.loss in ("ce", "kd", "feature") else f" (loss {s.loss})"
+        extra = f", {s.kwargs}" if s.kwargs else ""
+        out.append(f"Student `{s.name}`: {s.arch}{extra} ({s.params / 1e6:.2f}M parameters), {kind}{loss}, "
+                   f"{s.n_unlabeled:,} unlabeled images, {s.epochs} epochs, "
+                   f"{(s.train_s or 0) / 60:.1f} min at {s.images_per_s or 0:.0f} images/s.")
     return out
 
 
-def _timing(results: dict) -> str:
+def _timing(results: DistillResults) -> str:
     """How long the run took: this invocation, and the earlier ones whose finished steps it reused."""
-    now = f"{results['elapsed_s']:.0f} s, finished {results['finished']}"
-    earlier = (results.get("invocations") or [])[:-1]
+    now = f"{results.elapsed_s:.0f} s, finished {results.finished}"
+    earlier = results.invocations[:-1]
     if not earlier:
         return now
     first = earlier[0]
     return (f"{now}, reusing the finished steps of {len(earlier)} earlier invocation{'s' if len(earlier) > 1 else ''} "
-            f"(the first: {first['elapsed_s']:.0f} s, finished {first['finished']})")
+            f"(the first: {first.elapsed_s:.0f} s, finished {first.finished})")
 
 
-def write_distill_report(results: dict, out_dir: Path, before_accuracy: list[str] | None = None) -> Path:
+def write_distill_report(results: DistillResults, out_dir: Path, before_accuracy: list[str] | None = None) -> Path:
     """``report.md`` of a distill run (the plots it names sit beside it); ``before_accuracy``: lines of a section that
     goes before the accuracy table (a zero-label run's retrieval)."""
-    m = results["machine"]
-    machine = f"{m.get('cpu') or '?'}, {m.get('cores')} cores" + (f", {m['gpu']}" if m.get("gpu") else "")
-    held = results["data"]["held_out"]
-    best = next(s for s in results["students"] if s["name"] == results["best_student"])
-    lines = [f"# {results['name']}: a {best['arch']} student distilled from {results['teacher']['describe']}", ""]
+    m = results.machine
+    held = results.data.held_out
+    best = results.best
+    lines = [f"# {results.name}: a {best.arch} student distilled from {results.teacher.describe}", ""]
     lines += [f"- {line}" for line in headline(results)]
-    n_val = best.get("n_val") or 0
+    n_val = best.n_val or 0
     lines += [f"- The deployed student was chosen on {n_val:,} validation images, never on held-out ones; at that size "
               f"two students' accuracies are told apart (95%) when they differ by more than about "
               f"{resolvable_gap(n_val):.1f} points."]
-    lines += [f"- {n}" for n in results.get("notes", [])]
-    lines += ["", f"Command: `{results['command']}`; {machine}; torch {m.get('torch', '?')}, onnxruntime "
-              f"{m.get('onnxruntime', '?')}; {_timing(results)}."]
-    if results.get("step_seconds"):
+    lines += [f"- {n}" for n in results.notes]
+    lines += ["", f"Command: `{results.command}`; {m.describe()}; torch {m.torch or '?'}, onnxruntime "
+              f"{m.onnxruntime or '?'}; {_timing(results)}."]
+    if results.step_seconds:
         lines += ["", "Seconds per step of this invocation: " + ", ".join(
-            f"{name} {sec:.0f}" for name, sec in results["step_seconds"].items()) + "."]
+            f"{name} {sec:.0f}" for name, sec in results.step_seconds.items()) + "."]
     lines += [""] + (before_accuracy or []) + [
               "## Accuracy", "", f"| model | trained on | val acc | {held or 'held-out'} acc | % of teacher |",
               "|---|---|---:|---:|---:|"]
-    heads = results["teacher"]["heads"]
-    ref_name = "linear" if "linear" in heads else next(iter(heads), None)
-    ref = _final(heads[ref_name]) if ref_name else None
-    for head, r in heads.items():
-        share = f"{100 * _final(r) / ref:.0f}%" if ref and _final(r) is not None else "—"
-        lines.append(f"| teacher, {head} head | {'labels' if head == 'linear' else 'no labels'} | {pct(r['val_acc'])} | "
-                     f"{pct(r['test_acc'])} | {share} |")
-    for s in results["students"]:
-        data = "labels" if s["target"] == "labels" else f"teacher {s['head']} head"
-        data += f" + {s['n_unlabeled']:,} unlabeled" if s["n_unlabeled"] else ""
-        share = f"{100 * _final(s) / ref:.0f}%" if ref and _final(s) is not None else "—"
-        mark = " **(deployed)**" if s["name"] == results["best_student"] else ""
-        lines.append(f"| {s['name']}{mark} | {data} | {pct(s['val_acc'])} | {pct(s['test_acc'])} | {share} |")
+    reference = results.teacher.reference()
+    ref = reference[1].final if reference else None
+    for head, r in results.teacher.heads.items():
+        share = f"{100 * r.final / ref:.0f}%" if ref and r.final is not None else "—"
+        lines.append(f"| teacher, {head} head | {'labels' if r.needs_labels else 'no labels'} | {pct(r.val_acc)} | "
+                     f"{pct(r.test_acc)} | {share} |")
+    for s in results.students:
+        data = "labels" if s.target == "labels" else f"teacher {s.head} head"
+        data += f" + {s.n_unlabeled:,} unlabeled" if s.n_unlabeled else ""
+        share = f"{100 * s.final / ref:.0f}%" if ref and s.final is not None else "—"
+        mark = " **(deployed)**" if s.name == results.best_student else ""
+        lines.append(f"| {s.name}{mark} | {data} | {pct(s.val_acc)} | {pct(s.test_acc)} | {share} |")
     lines += ["", "![accuracy per model](accuracy.png)", "", "![accuracy vs unlabeled images](accuracy_vs_unlabeled.png)"]
-    if results.get("evaluation"):
-        lines += ["", f"Confusion matrix of {results['best_student']} on the held-out images:", "",
+    if results.evaluation:
+        lines += ["", f"Confusion matrix of {results.best_student} on the held-out images:", "",
                   "![confusion matrix](confusion_best_student.png)"]
     lines += ["", "## Deployment (ONNX Runtime, this machine)", "",
               "| model | arch | precision | batch | resolution | images/s | latency p50 ms | memory MB | file MB |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in results.get("deploy", []):
-        lines.append(f"| {r['model']} | {r['arch']} | {r['precision']} | {r['batch']} | {r['resolution']} | "
-                     f"{r['throughput_ips']:.0f} | {r['latency_ms_p50']:.2f} | {r['peak_mem_mb']:.0f} | "
-                     f"{r['file_mb']:.1f} |")
-    acc = results["export"]["accuracy"]
+    for r in results.deploy:
+        lines.append(f"| {r.model} | {r.arch} | {r.precision} | {r.batch} | {r.resolution} | "
+                     f"{r.throughput_ips:.0f} | {r.latency_ms_p50:.2f} | {r.peak_mem_mb:.0f} | "
+                     f"{r.file_mb:.1f} |")
+    acc = results.export.accuracy
     if acc.get("fp32") is not None and acc.get("int8") is not None:
         lines += ["", f"INT8 (static, calibrated on training images) scores {pct(acc['int8'])} against "
-                      f"{pct(acc['fp32'])} in FP32 on the {results['export']['split']} images (ONNX Runtime)."]
+                      f"{pct(acc['fp32'])} in FP32 on the {results.export.split} images (ONNX Runtime)."]
     lines += ["", "Memory is the resident-set growth of a child process that loads and runs only that model. "
               "`tutorial_teacher` is the tutorial's OpenCLIP teacher architecture with random weights (speed and "
               "memory do not depend on them).", "", "![throughput and memory](bench.png)", "", "## What was run", ""]
     lines += [f"- {line}" for line in _story(results)]
-    lines += ["", f"The deployed student is `{results['export']['dir']}`: `edgedistill predict "
-              f"{results['export']['dir']} IMAGES...`.", "",
+    lines += ["", f"The deployed student is `{results.export.dir}`: `edgedistill predict "
+              f"{results.export.dir} IMAGES...`.", "",
               "## The tutorial's published figures (reference, not measured here)", "",
               f"Source: {tutorial.SOURCE}; its checkpoints were chosen on the test set.", "",
               "| tutorial run | STL10 test accuracy % |", "|---|---:|"]

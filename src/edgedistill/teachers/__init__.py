@@ -1,48 +1,29 @@
 """Teachers: frozen networks mapping normalised images ``[B, 3, H, W]`` to ``{"embedding", "logits"}``.
 
 See docs/design.md, "teachers/". ``create_teacher`` is the one entry point; each kind of
-``TeacherConfig.kind`` is an entry of ``TEACHERS`` (module imported only when used, since
-open_clip alone takes seconds to import).
+``TeacherConfig.kind`` is an entry of ``registry.TEACHERS`` (module imported only when used,
+since open_clip alone takes seconds to import). A new kind is its module plus one line there,
+or ``register_teacher(kind, factory)`` from a plugin.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 import torch
 
 from edgedistill.config import DEFAULT_CACHE_DIR, TeacherConfig
-from edgedistill.errors import ConfigError
+from edgedistill.registry import TEACHERS
 from edgedistill.teachers.base import OnnxRuntimeTeacher, Teacher, make_fingerprint, resolve_device
 
 __all__ = ["TEACHERS", "Teacher", "create_teacher", "make_fingerprint", "register_teacher", "resolve_device"]
 
 TeacherFactory = Callable[[TeacherConfig, torch.device], Teacher]
 
-TEACHERS: dict[str, str | TeacherFactory] = {
-    "openclip": "edgedistill.teachers.openclip:openclip_from_config",
-    "timm": "edgedistill.teachers.imagenet:timm_from_config",
-    "efficientnet_lite0": "edgedistill.teachers.imagenet:lite0_from_config",
-}
-"""``TeacherConfig.kind`` -> factory (or its ``module:function`` path)."""
-
 
 def register_teacher(kind: str, factory: TeacherFactory) -> None:
-    """Add a teacher kind. Raises ConfigError if ``kind`` is taken."""
-    if kind in TEACHERS:
-        raise ConfigError(f"Teacher kind {kind!r} is already registered")
-    TEACHERS[kind] = factory
-
-
-def _factory(kind: str) -> TeacherFactory:
-    if kind not in TEACHERS:
-        raise ConfigError(f"Unknown teacher kind {kind!r}. Valid: {', '.join(TEACHERS)}")
-    entry = TEACHERS[kind]
-    if isinstance(entry, str):
-        module, func = entry.split(":")
-        entry = getattr(importlib.import_module(module), func)
-    return entry
+    """Add a teacher kind (``registry.TEACHERS``). Raises ConfigError if ``kind`` is taken."""
+    TEACHERS.register(kind, factory)
 
 
 def create_teacher(cfg: TeacherConfig, cache_dir: str = DEFAULT_CACHE_DIR) -> Teacher:
@@ -61,7 +42,7 @@ def create_teacher(cfg: TeacherConfig, cache_dir: str = DEFAULT_CACHE_DIR) -> Te
     device = resolve_device(cfg.device) if cfg.runtime == "torch" else torch.device("cpu")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        teacher = _factory(cfg.kind)(cfg, device)
+        teacher = TEACHERS[cfg.kind](cfg, device)
     teacher.batch_size = cfg.batch_size
     teacher = teacher.to(device)
     if cfg.runtime == "onnxruntime":

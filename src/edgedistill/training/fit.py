@@ -44,7 +44,8 @@ from edgedistill.data.splits import build_splits
 from edgedistill.data.transforms import BatchAugment, TrainTransform, eval_transform
 from edgedistill.data.views import ViewSpec, student_view
 from edgedistill.errors import ConfigError, DataError
-from edgedistill.heads import build_head, save_head
+from edgedistill.heads import build_head, check_head_target, head_class, save_head
+from edgedistill.losses import resolve_loss
 from edgedistill.students import StudentManifest, count_parameters, create_student
 from edgedistill.teachers import create_teacher
 from edgedistill.training.callbacks import RunHistory, StderrProgressBar
@@ -69,14 +70,15 @@ def cached_targets(cache, target: str, head: nn.Module | None, head_input: str, 
         cache: ``cache.TeacherCache`` with ``.embedding`` ``[N, (K,) D]`` and ``.logits`` ``[N, (K,) C]``.
         target: ``logits`` (the head is applied, chunk by chunk) or ``embedding`` (returned as is).
         head: Frozen head for ``logits``.
-        head_input: Which cached array the head reads: ``embedding`` or ``logits`` (label map).
+        head_input: Which cached array the head reads (its class's ``reads``): ``embedding`` or ``logits``.
         chunk: Rows per head call.
     """
     if target == "embedding":
         return torch.from_numpy(np.ascontiguousarray(np.asarray(cache.embedding)))  # float16, as cached
     array = cache.embedding if head_input == "embedding" else cache.logits
     if array is None:
-        raise ConfigError(f"The cache at {str(cache.path)!r} has no teacher logits; head=label_map needs a classifier teacher")
+        raise ConfigError(f"The cache at {str(cache.path)!r} has no teacher logits, which the head reads; it needs a "
+                          "classifier teacher")
     out = []
     head = head.float().eval().cpu()
     for start in range(0, len(array), chunk):
@@ -98,14 +100,17 @@ def build_targets(data_cfg: DataConfig, teacher_cfg: TeacherConfig, cfg: TrainCo
     """Teacher targets (cached or online) for ``cfg.target``, and the head an embedding student is classified by."""
     if cfg.target == "labels":
         return Targets(None, None, {})
+    check_head_target(cfg.head, cfg.target)
+    cls = head_class(cfg.head)
     teacher = create_teacher(teacher_cfg, cfg.cache_dir)
-    saved = cfg.head_path if cfg.head != "label_map" or _is_saved_head(cfg.head_path) else None
-    label_map = cfg.head_path if cfg.head == "label_map" and saved is None else None
+    # head_path: a saved head, or (for a head with its own source, e.g. label_map) that source
+    saved = cfg.head_path if getattr(cls, "source", None) is None or _is_saved_head(cfg.head_path) else None
+    source = cfg.head_path if saved is None else None
     head = build_head(cfg.head, classes=splits.classes, dataset=data_cfg.dataset, teacher=teacher, saved=saved,
-                      label_map=label_map)
+                      label_map=source)
     if cfg.head_logit_scale is not None:
         head.logit_scale = float(cfg.head_logit_scale)
-    head_input = "logits" if cfg.head == "label_map" else "embedding"
+    head_input = cls.reads
     info = {"kind": teacher_cfg.kind, "model": teacher_cfg.model, "pretrained": teacher_cfg.pretrained,
             "image_size": teacher_cfg.image_size, "fingerprint": teacher.fingerprint,
             "embed_dim": int(teacher.embed_dim), "view": teacher.view.to_dict()}
@@ -201,6 +206,9 @@ def build_run(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> Run
     Raises:
         ConfigError / DataError: a bad value, an existing run without ``resume``, a resume with other settings.
     """
+    resolve_loss(cfg)  # the loss trains this target: refused before anything else
+    if cfg.target != "labels":
+        check_head_target(cfg.head, cfg.target)
     run_dir = Path(cfg.out_dir).expanduser().resolve() / cfg.run_name()  # absolute: Lightning reports absolute paths
     resume_from = _check_resume(run_dir, data, teacher, cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -244,12 +252,8 @@ def build_run(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> Run
                            eval_transform=eval_transform(sview), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                            pixel_caches=pixels, views=cfg.views, views_seed=CACHE_AUG_SEED, seed=cfg.seed)
     module = DistillModule(
-        student, target=cfg.target, num_classes=len(splits.classes), head=targets.student_head,
-        targets=targets.provider, temperature=cfg.temperature, kd_weight=cfg.kd_weight, ce_weight=cfg.ce_weight,
-        feature_loss=cfg.feature_loss, kd_reduction=cfg.kd_reduction, optimizer=cfg.optimizer, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, momentum=cfg.momentum, warmup_epochs=cfg.warmup_epochs,
-        schedule=cfg.schedule, batch_augment=BatchAugment(sview, scale=(cfg.min_crop, 1.0), pad=cfg.pad_crop) if pixels else None,
-        aug=cfg.aug, seed=cfg.seed, channels_last=cfg.channels_last,
+        student, cfg, num_classes=len(splits.classes), head=targets.student_head, targets=targets.provider,
+        batch_augment=BatchAugment(sview, scale=(cfg.min_crop, 1.0), pad=cfg.pad_crop) if pixels else None,
     )
     if resume_from is not None:  # the checkpoint must fit this student before anything is written
         state = load_checkpoint(resume_from)["state_dict"]
@@ -399,6 +403,7 @@ def train_command(
     data: DataConfig = DataConfig(),
     teacher: TeacherConfig = TeacherConfig(),
     train: TrainConfig = TrainConfig(),
+    plugins: list[str] | None = None,
 ) -> None:
     """Train a student: from labels, response KD or feature KD.
 
@@ -406,6 +411,7 @@ def train_command(
         data: The dataset and its splits.
         teacher: The teacher (for KD targets).
         train: How to train.
+        plugins: Modules (names or .py paths) imported first: they register teachers, heads, losses, ... (registry).
     """
     run_dir = _train(data, teacher, train)
     if rank_zero_only.rank == 0:

@@ -23,8 +23,9 @@ from timm.optim import create_optimizer_v2
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from edgedistill.config import TrainConfig
 from edgedistill.errors import ConfigError, EdgeDistillError
-from edgedistill.losses import IGNORE_INDEX, cross_entropy, feature_kd_loss, label_loss, response_kd_loss
+from edgedistill.losses import IGNORE_INDEX, StudentOutputs, cross_entropy, resolve_loss
 
 
 class NonFiniteLossError(EdgeDistillError):
@@ -114,58 +115,31 @@ class DistillModule(L.LightningModule):
 
     Args:
         student: The network being trained; ``student(x [B, 3, H, W]) -> [B, C]`` (logits)
-            or ``[B, D]`` (embedding, when ``target="embedding"``).
-        target: ``labels`` (cross-entropy), ``logits`` (response KD) or ``embedding`` (feature KD).
+            or ``[B, D]`` (embedding, when ``cfg.target="embedding"``).
+        cfg: The run's training config: target, loss (``registry.LOSSES``) and its weights, optimizer and schedule,
+            augmentation, seed and layout are read from it.
         num_classes: Number of classes of the task (for accuracy).
         head: Frozen head turning a student embedding into class logits; required for
             ``target="embedding"``. Saved in checkpoints with the student (it is small).
         targets: Target provider; required unless ``target="labels"``.
-        temperature: KD temperature.
-        kd_weight: Weight of the KD (response or feature) term.
-        ce_weight: Weight of the cross-entropy on labelled images in KD modes.
-        feature_loss: ``mse``, ``mse_normalized`` or ``cosine``.
-        kd_reduction: ``batchmean`` or ``mean`` (the reference tutorial's; divides by C).
-        optimizer: ``sgd`` (momentum, Nesterov), ``adamw`` or ``adam`` (L2 weight decay; the tutorial's).
-        lr: Peak learning rate.
-        weight_decay: Decoupled (AdamW) or L2 (SGD) weight decay; not applied to biases and norms.
-        momentum: SGD momentum.
-        warmup_epochs: Linear warmup length in epochs, turned into optimizer steps with Lightning's own count of a
-            run's steps (the one the cosine's total comes from), when the optimizer is made.
-        schedule: ``cosine`` (to 0 at the last step, after warmup) or ``constant``.
         batch_augment: ``data.transforms.BatchAugment`` for batches of decoded ``pixels`` (the pixels
-            input path): crops, flips and normalises them on the device after transfer.
-        aug: Crop and flip training batches of pixels (evaluation batches are only normalised).
-        seed: Seed of those crops: step ``s`` of rank ``r`` always draws the same ones, so a resumed run
-            trains on exactly the batches an uninterrupted one would.
-        channels_last: Keep the student's weights and inputs in the NHWC layout (faster convolutions).
+            input path): crops, flips and normalises them on the device after transfer. Crops of step ``s`` of rank
+            ``r`` are drawn from ``cfg.seed``, so a resumed run trains on exactly the batches an uninterrupted one would.
     """
 
     def __init__(
         self,
         student: nn.Module,
+        cfg: TrainConfig,
         *,
-        target: str = "labels",
         num_classes: int,
         head: nn.Module | None = None,
         targets: TargetProvider | None = None,
-        temperature: float = 1.0,
-        kd_weight: float = 1.0,
-        ce_weight: float = 0.0,
-        feature_loss: str = "mse",
-        kd_reduction: str = "batchmean",
-        optimizer: str = "sgd",
-        lr: float = 0.1,
-        weight_decay: float = 5e-4,
-        momentum: float = 0.9,
-        warmup_epochs: float = 0.0,
-        schedule: str = "cosine",
         batch_augment: nn.Module | None = None,
-        aug: bool = True,
-        seed: int = 0,
-        channels_last: bool = False,
     ) -> None:
         super().__init__()
         # Values are validated once, by TrainConfig; these are the module's own wiring invariants.
+        target = cfg.target
         if target == "embedding" and head is None:
             raise ConfigError("target='embedding' needs a head (text or linear) to classify the student's embedding")
         if target != "labels" and targets is None:
@@ -175,19 +149,9 @@ class DistillModule(L.LightningModule):
         if head is not None:
             head.requires_grad_(False).eval()
         self.targets = targets
-        self.target = target
-        self.num_classes = num_classes
-        self.loss_args = {"temperature": temperature, "kd_weight": kd_weight, "ce_weight": ce_weight, "feature_loss": feature_loss,
-                          "kd_reduction": kd_reduction}
-        self.optim_args = {
-            "optimizer": optimizer,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "momentum": momentum,
-            "warmup_epochs": warmup_epochs,
-            "schedule": schedule,
-        }
-        self.batch_augment, self.aug, self.seed, self.channels_last = batch_augment, aug, seed, channels_last
+        self.cfg, self.target, self.num_classes = cfg, target, num_classes
+        self.loss_name, self.loss_fn = resolve_loss(cfg)
+        self.batch_augment, self.aug, self.seed, self.channels_last = batch_augment, cfg.aug, cfg.seed, cfg.channels_last
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
         self.test_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
 
@@ -224,22 +188,12 @@ class DistillModule(L.LightningModule):
         return batch
 
     def compute_loss(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """The named loss parts for one training batch (see :mod:`edgedistill.losses`)."""
+        """The named loss parts for one training batch (``cfg.loss``, see :mod:`edgedistill.losses`)."""
         x, labels = batch["image"], batch["label"]
         out = self.student(x)
-        a = self.loss_args
-        if self.target == "labels":
-            return label_loss(out, labels)
-        teacher = self.targets(batch, x.device)
-        if self.target == "logits":
-            return response_kd_loss(
-                out, teacher, labels, temperature=a["temperature"], kd_weight=a["kd_weight"], ce_weight=a["ce_weight"],
-                reduction=a["kd_reduction"],
-            )
-        logits = self.head(out)
-        return feature_kd_loss(
-            out, teacher, logits, labels, kind=a["feature_loss"], kd_weight=a["kd_weight"], ce_weight=a["ce_weight"]
-        )
+        teacher = self.targets(batch, x.device) if self.target != "labels" else None
+        logits = self.head(out) if self.target == "embedding" else out
+        return self.loss_fn(StudentOutputs(out, logits, labels, teacher), self.cfg)
 
     def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> Tensor | None:
         if batch is None:  # every image of the batch unreadable: skip the step
@@ -256,7 +210,7 @@ class DistillModule(L.LightningModule):
             # weight reaches a checkpoint; Lightning tears down and re-raises this exception.
             raise NonFiniteLossError(
                 f"Non-finite training loss at epoch {self.current_epoch}, step {self.global_step} ({values}); "
-                f"lr={self.optim_args['lr']} may be too high, or try precision 32"
+                f"lr={self.cfg.lr} may be too high, or try precision 32"
             )
         bs = batch["image"].shape[0]
         for name, value in parts.items():
@@ -280,14 +234,13 @@ class DistillModule(L.LightningModule):
         self._eval_step(batch, "test", self.test_acc)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        o = self.optim_args
+        c = self.cfg
         # timm's factory: biases and norm scales (1-D) are not decayed (Goyal et al. 2017); "sgd" is Nesterov.
-        name = {"sgd": "sgd" if o["momentum"] > 0 else "momentum"}.get(o["optimizer"], o["optimizer"])
-        opt = create_optimizer_v2(self.student, opt=name, lr=o["lr"], weight_decay=o["weight_decay"],
-                                  momentum=o["momentum"], filter_bias_and_bn=True)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(*self.schedule_steps(o["warmup_epochs"]), o["schedule"]))
+        name = {"sgd": "sgd" if c.momentum > 0 else "momentum"}.get(c.optimizer, c.optimizer)
+        opt = create_optimizer_v2(self.student, opt=name, lr=c.lr, weight_decay=c.weight_decay,
+                                  momentum=c.momentum, filter_bias_and_bn=True)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(*self.schedule_steps(c.warmup_epochs), c.schedule))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
 
     def schedule_steps(self, warmup_epochs: float) -> tuple[int, int]:
         """``(warmup steps, total steps)``, both from Lightning's count of this run's optimizer steps
