@@ -18,6 +18,7 @@ import glob
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -46,7 +47,8 @@ def load_classifier(model: str | os.PathLike, prompts: list[str] | None = None) 
     if path.is_dir() and (path / "export.json").is_file():
         path = path / "model.onnx"
     if path.suffix == ".onnx":
-        return OnnxModel(path).classifier(prompts)
+        model = OnnxModel(path)
+        return model.classifier(prompts, teacher_text_encoder(model.meta.teacher) if model.meta.teacher else None)
     if (path.is_dir() and (path / "student.json").is_file()) or path.suffix == ".safetensors":
         return _torch_classifier(path, prompts)
     raise EdgeDistillError(
@@ -59,7 +61,6 @@ def _torch_classifier(path: Path, prompts: list[str] | None) -> Classifier:
     import torch
 
     from edgedistill.deploy.export import head_text_embeddings, load_student_deploy
-    from edgedistill.deploy.runtime import _teacher_text_encoder
 
     deploy, meta = load_student_deploy(path)
 
@@ -71,8 +72,33 @@ def _torch_classifier(path: Path, prompts: list[str] | None) -> Classifier:
 
     emb = head_text_embeddings(deploy.head)
     stored = dict(zip(meta.class_names, emb.numpy())) if emb is not None else {}
-    embed = _teacher_text_encoder(meta.teacher) if meta.teacher else None
+    embed = teacher_text_encoder(meta.teacher) if meta.teacher else None
     return make_classifier(run, meta, stored, prompts, str(path), embed)
+
+
+def teacher_text_encoder(teacher: dict) -> Callable[[list[str]], np.ndarray]:
+    """Embeds prompts with the recorded teacher's text tower; imports torch only when called."""
+
+    def embed(prompts: list[str]) -> np.ndarray:
+        try:
+            import torch
+
+            from edgedistill.config import TeacherConfig
+            from edgedistill.teachers import create_teacher
+        except ImportError as e:  # a deploy machine with only onnxruntime, numpy and Pillow
+            raise EdgeDistillError(
+                f"Cannot embed prompts {prompts}: they are not stored in the exported model, and embedding new prompts "
+                f"needs the teacher's text encoder (torch and open_clip; {e}). Re-export with --prompts ...") from None
+
+        names = set(TeacherConfig.__dataclass_fields__)
+        try:
+            model = create_teacher(TeacherConfig(**{**{k: v for k, v in teacher.items() if k in names}, "runtime": "torch"}))
+            with torch.no_grad():
+                return model.encode_text(prompts).float().cpu().numpy()
+        except EdgeDistillError as e:
+            raise EdgeDistillError(f"Cannot embed prompts {prompts}: the teacher's text encoder is unavailable ({e})") from e
+
+    return embed
 
 
 def _is_glob(text: str) -> bool:
@@ -169,7 +195,7 @@ def write_predictions(preds: list[dict], errors: list[dict], out: str | os.PathL
 
 def predict_command(
     model: str,
-    inputs: list[str],
+    inputs: list[str] | str,
     top_k: int = 5,
     prompts: list[str] | None = None,
     out: str | None = None,
@@ -179,7 +205,8 @@ def predict_command(
 
     Args:
         model: exported ``.onnx`` file, export directory, student run directory or ``student.safetensors``.
-        inputs: image files, folders (searched recursively) or glob patterns.
+        inputs: image files, folders (searched recursively) or glob patterns: one (``--inputs photo.jpg``), a list
+            (``--inputs '["a.jpg", "b/"]'``) or bare arguments after the model.
         top_k: labels to show per image.
         prompts: new class names/prompts for an embedding model (re-purpose without retraining).
         out: also write predictions to this ``.csv`` or ``.json`` file.
@@ -189,7 +216,7 @@ def predict_command(
         raise ConfigError(f"top_k={top_k} and batch_size={batch_size} must be >= 1")
     if out is not None and Path(out).suffix not in (".csv", ".json"):
         raise ConfigError(f"--out {out!r}: unknown format {Path(out).suffix!r}. Valid: .csv, .json")
-    files, explicit = collect_images(inputs)
+    files, explicit = collect_images([inputs] if isinstance(inputs, str) else list(inputs))
     for f in explicit:  # a file named on the command line must be an image: fail before loading the model
         try:
             decode_image(f)
