@@ -66,7 +66,8 @@ if job.get("bundle"):  # the app API: paths, PIL images and arrays in batches of
     b = load_bundle(job["bundle"])
     images = [job["images"][0], Image.open(job["images"][1]), np.asarray(Image.open(job["images"][2]).convert("RGB"))]
     bundle = {"probs": b.predict_proba(images, batch_size=2).tolist(), "top": b.classify(images, top_k=2)}
-import edgedistill.deploy.bench  # what bench's ONNX Runtime children import
+import edgedistill.deploy.bench, edgedistill.deploy.bench_child, edgedistill.deploy.engines.onnxruntime  # bench and its ONNX Runtime children
+import edgedistill.deploy.engines.openvino, edgedistill.deploy.bundle
 loaded = sorted(n for n in sys.modules if n.partition(".")[0] in BLOCKED)
 print("@@" + json.dumps({"already": already, "codes": codes, "labels": clf.labels, "probs": probs.tolist(),
                          "attempts": attempts, "loaded": loaded, "bundle": bundle}))

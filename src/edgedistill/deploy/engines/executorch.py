@@ -1,0 +1,65 @@
+"""ExecuTorch with the XNNPACK backend (phones, ARM boards): runs a bundle's ``.pte`` program.
+
+The Python runtime takes torch tensors, so this engine needs the [train] torch even though the
+program itself is what a phone app ships. ``export_pte`` lowers an eager model to XNNPACK.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Callable
+
+import numpy as np
+
+
+def available(runtime) -> tuple[bool, str]:
+    for package, extra in (("torch", "train"), ("executorch", "executorch")):
+        if importlib.util.find_spec(package) is None:
+            return False, f"{package} is not installed (pip install 'edgedistill[{extra}]')"
+    return True, ""
+
+
+def export_pte(model, path: str | os.PathLike, image_size: int, *, max_batch: int = 64) -> None:
+    """Lower ``model`` (eager, eval) to an XNNPACK ExecuTorch program with a dynamic batch (1..max_batch)."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from edgedistill import storage
+
+    example = torch.randn(2, 3, image_size, image_size)  # batch 2: a batch of 1 would specialise the batch axis
+    with torch.no_grad():
+        program = torch.export.export(model.eval(), (example,),
+                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=max_batch)},))
+        buffer = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+    storage.write_bytes(path, buffer)
+
+
+def load_pte(path: str | os.PathLike, threads: int | None = None) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """A callable running a ``.pte`` program's ``forward`` on float32 images, returning its outputs in order."""
+    import torch
+    from executorch.runtime import Runtime
+
+    if threads:
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+        _unsafe_reset_threadpool(int(threads))
+    method = Runtime.get().load_program(str(path)).load_method("forward")
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        return [o.numpy() for o in method.execute([torch.from_numpy(np.ascontiguousarray(x, np.float32))])]
+
+    return run
+
+
+def prepare(runtime, job: dict) -> None:
+    import torch  # noqa: F401
+    from executorch.runtime import Runtime
+
+    Runtime.get()
+
+
+def load(runtime, job: dict, x):
+    run = load_pte(job["path"], job["threads"])
+    return (lambda: run(x)), (lambda: None)
