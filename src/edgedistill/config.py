@@ -664,8 +664,9 @@ class DeploySettings:
     """Untimed runs before each measurement."""
     iters: int = 30
     """Timed runs per measurement."""
-    runtimes: list[str] = field(default_factory=lambda: ["onnxruntime"])
-    """Runtimes raced (deploy.bench.RUNTIMES; unavailable ones are skipped with the reason)."""
+    runtimes: list[str] = field(default_factory=lambda: ["onnxruntime", "openvino", "executorch"])
+    """Runtimes raced (deploy.engines.RUNTIMES; those not installed here are skipped with the reason). The race's
+    OpenVINO INT8 (NNCF) and ExecuTorch files are exported for the runtimes listed and installed."""
     tutorial_teacher: str | None = "ViT-B-32"
     """Also race this open_clip image tower (random-init: speed does not depend on weights), the tutorial's teacher."""
 

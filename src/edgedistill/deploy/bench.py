@@ -100,7 +100,10 @@ def bench_models(
             continue
         for entry in entries:
             for precision, path in _variants(entry, runtime, precisions):
-                for size in entry.resolutions:
+                # An ExecuTorch program is lowered at its deployment size (static height and width).
+                sizes = (entry.native_resolution,) if RUNTIMES[runtime].files == "pte" and entry.native_resolution \
+                    else entry.resolutions
+                for size in sizes:
                     for batch in batch_sizes:
                         job = {"runtime": runtime, "arch": entry.arch, "precision": precision, "batch": batch,
                                "resolution": size, "warmup": warmup, "iters": iters, "threads": threads,
@@ -112,7 +115,7 @@ def bench_models(
                             "batch": batch, "resolution": size, "native": size == (entry.native_resolution or size),
                             "throughput_ips": batch * 1000.0 / p50, "latency_ms_p50": p50,
                             "latency_ms_p95": _percentile(res["times_ms"], 95), "peak_mem_mb": res["peak_mem_mb"],
-                            "file_mb": Path(path).stat().st_size / 2**20 if path else None,
+                            "file_mb": _file_mb(path),
                             "gpu_mem_mb": res["gpu_mem_mb"], "threads": threads,
                         }
                         rows.append(row)
@@ -144,6 +147,14 @@ def _variants(entry: BenchEntry, name: str, precisions: Sequence[str]) -> list[t
         return [("fp32", None)] if entry.torch is not None else []
     files = entry.files_for(runtime.files)
     return [(p, files[p]) for p in precisions if p in files and (runtime.cuda or p != "fp16")]
+
+
+def _file_mb(path: str | None) -> float | None:
+    """Size of a model file in MB; an OpenVINO IR counts its weights (``.bin``) too."""
+    if not path:
+        return None
+    files = [Path(path)] + ([Path(path).with_suffix(".bin")] if Path(path).suffix == ".xml" else [])
+    return sum(f.stat().st_size for f in files if f.is_file()) / 2**20
 
 
 def _row_line(r: dict) -> str:

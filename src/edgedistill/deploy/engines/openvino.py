@@ -39,7 +39,9 @@ def compile_openvino(path: str | os.PathLike, shape: tuple[int, ...] | None = No
     model = core.read_model(str(path))
     if shape is not None:
         model.reshape({model.inputs[0].get_any_name(): ov.PartialShape(list(shape))})
-    config = {"PERFORMANCE_HINT": "LATENCY"}
+    # FP32 kernels for FP32 layers: on AMX / AVX512-BF16 CPUs OpenVINO would otherwise run them in bf16 (another model
+    # than the one parity-checked); INT8 layers of an NNCF model stay INT8.
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     compiled = core.compile_model(model, device, config)
