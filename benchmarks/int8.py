@@ -28,6 +28,7 @@ from edgedistill.config import DataConfig, from_dict  # noqa: E402
 from edgedistill.deploy import bench as B  # noqa: E402
 from edgedistill.deploy import export as ex  # noqa: E402
 from edgedistill.deploy import targets  # noqa: E402
+from edgedistill.deploy.engines import RUNTIMES, runtime_to_json  # noqa: E402
 from edgedistill.deploy.engines.openvino import compile_openvino  # noqa: E402
 from edgedistill.deploy.quantize import quantize_int8  # noqa: E402
 from edgedistill.deploy.runtime import ort_session, read_metadata  # noqa: E402
@@ -84,7 +85,7 @@ def main() -> None:
             run = compile_openvino(path)
         acc = targets.runner_accuracy(run, ex._batches_of(held_out, 64), logits)
         for batch in args.batch_sizes:
-            job = {"runtime": runtime, "arch": meta.arch, "precision": precision, "batch": batch,
+            job = {"runtime": runtime, "engine": runtime_to_json(RUNTIMES[runtime]), "arch": meta.arch, "precision": precision, "batch": batch,
                    "resolution": meta.view["image_size"], "warmup": args.warmup, "iters": args.iters,
                    "threads": args.threads, "path": str(path), "torch": None, "ort_settings": {}}
             res = B._run_child(job, 900)

@@ -4,7 +4,8 @@
 #
 #   scripts/runtime_venv.sh BUNDLE PHOTO [VENV]      e.g. scripts/runtime_venv.sh runs/demo/exports/student cat.jpg
 #
-# Prints the size (du -sh), the installed packages and the prediction; exits non-zero if torch got in or predict fails.
+# Prints the size (du -sh), the installed packages, the prediction and a bench of the bundle; exits non-zero if
+# torch got in or predict or bench fails.
 set -euo pipefail
 bundle=${1:?usage: scripts/runtime_venv.sh BUNDLE PHOTO [VENV]}
 photo=${2:?usage: scripts/runtime_venv.sh BUNDLE PHOTO [VENV]}
@@ -25,3 +26,6 @@ echo "== edgedistill predict $bundle $photo"
 (cd /tmp && EDGEDISTILL_NO_PROGRESS=1 "$venv/bin/edgedistill" predict "$bundle" "$photo" --top_k 3)
 echo "== a training command there"
 (cd /tmp && "$venv/bin/edgedistill" train --help) || echo "exit status $?"
+echo "== edgedistill bench of the bundle there (every runtime it has; the rest skipped with the reason)"
+(cd /tmp && EDGEDISTILL_NO_PROGRESS=1 "$venv/bin/edgedistill" bench --student "$bundle" --out "$venv/bench" \
+  --batch_sizes '[1, 8]' --iters 20 --warmup 3 | sed -n '/## The race/,/## Student vs teacher/p;/not run/p')

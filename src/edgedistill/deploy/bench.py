@@ -26,7 +26,7 @@ from typing import Sequence
 from edgedistill.deploy.bench_entries import BenchEntry, entry_from_export, tutorial_teacher_entry
 from edgedistill.deploy.bench_report import (bench_ratios, format_table, machine_info, plot_bench, race_lines,
                                              race_summary, write_bench)
-from edgedistill.deploy.engines import RUNTIMES, Runtime, register_runtime, runtime_available
+from edgedistill.deploy.engines import RUNTIMES, Runtime, register_runtime, runtime_available, runtime_to_json
 from edgedistill.errors import ConfigError, EdgeDistillError
 
 __all__ = ["BenchEntry", "PRECISIONS", "RUNTIMES", "Runtime", "bench_command", "bench_models", "bench_ratios",
@@ -105,7 +105,7 @@ def bench_models(
                     else entry.resolutions
                 for size in sizes:
                     for batch in batch_sizes:
-                        job = {"runtime": runtime, "arch": entry.arch, "precision": precision, "batch": batch,
+                        job = {"runtime": runtime, "engine": runtime_to_json(RUNTIMES[runtime]), "arch": entry.arch, "precision": precision, "batch": batch,
                                "resolution": size, "warmup": warmup, "iters": iters, "threads": threads,
                                "path": path, "torch": entry.torch, "ort_settings": ort_settings or {}}
                         res = _run_child(job, timeout)
@@ -224,6 +224,6 @@ def bench_command(
     if not rows:
         raise EdgeDistillError("No benchmark ran: none of the requested runtimes is available here")
     report = write_bench(rows, out_dir, notes=notes)
-    print(format_table(rows, report["ratios"]))
+    print((out_dir / "bench.md").read_text())
     written = [out_dir / f for f in ("bench.json", "bench.md", "bench.png") if (out_dir / f).is_file()]
     print("wrote " + ", ".join(map(str, written)))

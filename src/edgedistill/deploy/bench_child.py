@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from edgedistill.deploy.engines import RUNTIMES, engine_module
+from edgedistill.deploy.engines import engine_module, runtime_from_json
 
 
 def rss_mb(field_name: str) -> float:
@@ -57,7 +57,7 @@ def measure(job: dict) -> dict:
     """Run one benchmark configuration in this (fresh) process; returns latencies and memory."""
     import numpy as np
 
-    runtime = RUNTIMES[job["runtime"]]
+    runtime = runtime_from_json(job["engine"])  # as the parent had it registered
     engine = engine_module(runtime)
     batch, size = job["batch"], job["resolution"]
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)

@@ -76,6 +76,9 @@ def render_model_card(export: dict, run: dict | None = None) -> str:
     if parity:
         lines += ["", "ONNX Runtime matches PyTorch to a max abs difference of "
                   + ", ".join(f"{v:.1e} ({k} inputs)" for k, v in parity.items()) + "."]
+    for target, diffs in (export.get("parity_targets") or {}).items():
+        runtime = ACCURACY_ROWS.get(target, (target, ""))[0]
+        lines.append(f"{runtime} matches PyTorch to " + ", ".join(f"{v:.1e} ({k} inputs)" for k, v in diffs.items()) + ".")
 
     lines += ["", "## Speed and memory", ""]
     rows = run.get("bench") or []
@@ -117,6 +120,8 @@ def render_model_card(export: dict, run: dict | None = None) -> str:
     lines += ["", "## Files", ""]
     for key, fname in files.items():
         lines.append(f"- `{fname}`: {key.replace('_', ' ')}")
+        if fname.endswith(".xml"):
+            lines.append(f"- `{fname[:-4]}.bin`: its weights")
     if meta.get("text"):
         lines.append(f"- `{meta['text']['file']}`: text embeddings of {len(meta['text']['names'])} prompts")
     lines.append("- `export.json`: what was exported and checked (parity, accuracy)")

@@ -59,7 +59,7 @@ def quantize_openvino(onnx_path: str | os.PathLike, out_xml: str | os.PathLike,
     batches = [np.ascontiguousarray(b, np.float32) for b in calibration]
     model = ov.Core().read_model(str(onnx_path))
     with log_at_least():  # NNCF's progress bars and INFO lines
-        quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=sum(len(b) for b in batches))
+        quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))  # items are batches
     out_xml = Path(out_xml)
     out_xml.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = out_xml.parent / f".{out_xml.stem}.tmp"

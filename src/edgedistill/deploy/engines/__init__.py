@@ -11,11 +11,15 @@ runtime, imports neither torch nor any engine.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
-__all__ = ["RUNTIMES", "Runtime", "engine_module", "register_runtime", "runtime_available"]
+from edgedistill.errors import ConfigError
+
+__all__ = ["RUNTIMES", "Runtime", "engine_module", "register_runtime", "runtime_available", "runtime_from_json",
+           "runtime_to_json"]
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,8 @@ class Runtime:
     """One way to run a model.
 
     Attributes:
-        engine: Its module under ``edgedistill.deploy.engines`` (pytorch, onnxruntime, tensorrt, openvino, executorch).
+        engine: Its module under ``edgedistill.deploy.engines`` (pytorch, onnxruntime, tensorrt, openvino, executorch),
+            or a full dotted module path (a plugin's engine).
         files: Which of a bench entry's files it runs: ``torch`` (the eager model), ``onnx``, ``engines`` (TensorRT),
             ``openvino`` (OpenVINO IR where exported, else the ONNX file) or ``pte`` (ExecuTorch programs).
         providers: ONNX Runtime execution providers.
@@ -42,14 +47,31 @@ RUNTIMES: dict[str, Runtime] = {}
 
 
 def register_runtime(name: str, runtime: Runtime) -> Runtime:
-    """Make ``runtime`` available to ``bench --runtimes`` and ``deploy.runtimes`` under ``name``."""
+    """Make ``runtime`` available to ``bench --runtimes`` and ``deploy.runtimes`` under ``name``.
+
+    Raises:
+        ConfigError: ``name`` is already registered.
+    """
+    if name in RUNTIMES:
+        raise ConfigError(f"runtime {name!r} is already registered ({RUNTIMES[name]}); choose another name")
     RUNTIMES[name] = runtime
     return runtime
 
 
 def engine_module(runtime: Runtime) -> ModuleType:
     """The engine module of a runtime (cheap: engine modules import their library lazily)."""
-    return importlib.import_module(f"edgedistill.deploy.engines.{runtime.engine}")
+    name = runtime.engine if "." in runtime.engine else f"edgedistill.deploy.engines.{runtime.engine}"
+    return importlib.import_module(name)
+
+
+def runtime_to_json(runtime: Runtime) -> dict:
+    """A runtime as JSON (a benchmark child rebuilds it with :func:`runtime_from_json`, registered or not)."""
+    return dataclasses.asdict(runtime)
+
+
+def runtime_from_json(data: dict) -> Runtime:
+    providers = tuple(tuple(p) if isinstance(p, list) else p for p in data.get("providers", ()))
+    return Runtime(**{**data, "providers": providers})
 
 
 def runtime_available(name: str) -> tuple[bool, str]:
