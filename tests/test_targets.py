@@ -65,6 +65,7 @@ def test_targets_match_pytorch_and_report_accuracy(bundle):
     out, model, data = bundle
     report = storage.read_json(out / "export.json")
     assert report["files"]["openvino_int8"] == "model.openvino.int8.xml" and report["files"]["executorch_fp32"] == "model.pte"
+    assert report["files"]["executorch_int8"] == "model.int8.pte"
     assert (out / "model.openvino.int8.bin").is_file() and not list(out.glob(".*tmp*"))
     assert set(report["parity_targets"]) == {"openvino_fp32", "executorch_fp32"}
     assert all(v < 1e-3 for d in report["parity_targets"].values() for v in d.values())
@@ -74,13 +75,16 @@ def test_targets_match_pytorch_and_report_accuracy(bundle):
         ref = model(x).numpy()
     for run in (compile_openvino(out / "model.onnx"), load_pte(out / "model.pte")):
         np.testing.assert_allclose(run(x.numpy())[0], ref, atol=1e-3)
-    int8 = compile_openvino(out / "model.openvino.int8.xml")(x.numpy())[0]
-    assert np.abs(int8 - ref).max() > 1e-6  # really quantized (not the FP32 graph under another name)
+    for run in (compile_openvino(out / "model.openvino.int8.xml"), load_pte(out / "model.int8.pte")):
+        int8 = run(x.numpy())[0]
+        assert np.abs(int8 - ref).max() > 1e-6  # really quantized (not the FP32 graph under another name)
+        assert (int8.argmax(1) == ref.argmax(1)).mean() >= 0.8
     # Accuracy per target on the held-out split: FP32 targets equal ONNX Runtime's, INT8 within one image.
     val = ex.real_images(data, "val", VIEW)
     acc = report["accuracy"]
     assert acc["openvino_fp32"] == acc["fp32"] == acc["executorch_fp32"]
     assert abs(acc["openvino_int8"] - acc["fp32"]) <= 1 / len(val) + 1e-9
+    assert abs(acc["executorch_int8"] - acc["fp32"]) <= 1 / len(val) + 1e-9
 
 
 def test_a_target_that_differs_from_pytorch_is_refused(bundle, monkeypatch, tmp_path):
@@ -99,20 +103,22 @@ def test_race_runs_every_target_and_names_the_fastest(bundle, tmp_path):
 
     out, _, _ = bundle
     entry = b.entry_from_export(out, "student")
-    assert entry.openvino == {"int8": str(out / "model.openvino.int8.xml")} and entry.pte == {"fp32": str(out / "model.pte")}
+    assert entry.openvino == {"int8": str(out / "model.openvino.int8.xml")}
+    assert entry.pte == {"fp32": str(out / "model.pte"), "int8": str(out / "model.int8.pte")}
     assert entry.resolutions == (32, 224)  # a CNN: any size; the ExecuTorch program runs only its own (static)
     rows = b.bench_models([entry], batch_sizes=(2,), warmup=1, iters=3, threads=1,
                           runtimes=("onnxruntime", "openvino", "executorch"), precisions=("fp32", "int8"),
                           log=lambda m: None)
     got = {(r["runtime"], r["precision"], r["resolution"]) for r in rows}
     assert got == {(rt, p, s) for rt in ("onnxruntime", "openvino") for p in ("fp32", "int8") for s in (32, 224)} | {
-        ("executorch", "fp32", 32)}
+        ("executorch", "fp32", 32), ("executorch", "int8", 32)}
     rows = [r for r in rows if r["native"]]
     race = b.race_summary(rows)
     best = max(rows, key=lambda r: r["throughput_ips"])
     assert (race["runtime"], race["precision"]) == (best["runtime"], best["precision"])
     by = {(r["runtime"], r["precision"]): r["throughput_ips"] for r in rows}
-    assert race["int8_vs_fp32"] == {rt: by[(rt, "int8")] / by[(rt, "fp32")] for rt in ("onnxruntime", "openvino")}
+    assert race["int8_vs_fp32"] == {rt: by[(rt, "int8")] / by[(rt, "fp32")]
+                                    for rt in ("onnxruntime", "openvino", "executorch")}
     report = b.write_bench(rows, tmp_path)
     text = (tmp_path / "bench.md").read_text()
     assert f"**{race['runtime']} {race['precision'].upper()}**" in text and report["race"] == race

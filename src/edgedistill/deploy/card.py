@@ -17,7 +17,8 @@ from edgedistill import storage
 # export.json accuracy keys -> (runtime, precision) shown in the card
 ACCURACY_ROWS = {"fp32": ("onnxruntime", "FP32"), "int8": ("onnxruntime", "INT8 (static QDQ)"),
                  "openvino_fp32": ("openvino", "FP32"), "openvino_int8": ("openvino", "INT8 (NNCF)"),
-                 "executorch_fp32": ("executorch (XNNPACK)", "FP32")}
+                 "executorch_fp32": ("executorch (XNNPACK)", "FP32"),
+                 "executorch_int8": ("executorch (XNNPACK)", "INT8 (PT2E)")}
 
 
 def pct(x: float) -> str:

@@ -7,7 +7,7 @@ One export directory holds everything deployment needs, and no teacher::
     <out>/student/model.fp16.onnx            FP16 weights and activations, FP32 inputs/outputs
     <out>/student/model.fp16.engine          TensorRT engine (only where ``tensorrt`` imports)
     <out>/student/model.openvino.int8.xml    OpenVINO IR (+ .bin): NNCF INT8 (``--openvino``; OpenVINO runs model.onnx)
-    <out>/student/model.pte                  ExecuTorch program, XNNPACK (``--executorch``)
+    <out>/student/model.pte                  ExecuTorch program, XNNPACK (``--executorch``; model.int8.pte with --int8)
     <out>/student/model.text_embeddings.npy  [C, D] text embeddings of class names / prompts
     <out>/student/export.json                what was exported, parity diffs, FP32 vs INT8 accuracy
     <out>/student/README.md                  the model card (``deploy.card``): provenance, accuracy, speed, usage
@@ -498,6 +498,13 @@ def _export_targets(model: nn.Module, fp32: Path, out_dir: Path, report: dict, c
         say(f"{name.replace('_', ' ')} matches PyTorch (max abs diff: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + ")")
         if val is not None and logits is not None and "fp32" in report["accuracy"]:
             report["accuracy"][name] = targets.runner_accuracy(run, _batches_of(val, 64), logits)
+    if executorch and calib is not None:
+        pte8, run8 = targets.export_executorch(model, out_dir / "model.int8.pte", report["meta"]["view"]["image_size"],
+                                               calibration=[images for images, _ in _batches_of(calib, 16)])
+        report["files"]["executorch_int8"] = pte8.name
+        if val is not None and logits is not None and "fp32" in report["accuracy"]:
+            report["accuracy"]["executorch_int8"] = targets.runner_accuracy(run8, _batches_of(val, 64), logits)
+        say(f"quantized {pte8} (ExecuTorch XNNPACK INT8) on the same {len(calib)} images")
     if openvino and calib is not None:
         xml = targets.quantize_openvino(fp32, out_dir / "model.openvino.int8.xml",
                                         (images for images, _ in _batches_of(calib, 16)))

@@ -3,7 +3,8 @@
 - OpenVINO (Intel CPUs, iGPUs, NPUs) runs the bundle's ``model.onnx`` directly; its INT8 model is NNCF's
   post-training quantization of that file, calibrated on the same images as ONNX Runtime's INT8, saved as
   OpenVINO IR (``model.openvino.int8.xml`` + ``.bin``).
-- ExecuTorch with XNNPACK (phones, ARM boards): ``model.pte``, lowered from the PyTorch model with a dynamic batch.
+- ExecuTorch with XNNPACK (phones, ARM boards): ``model.pte``, lowered from the PyTorch model with a dynamic batch,
+  and ``model.int8.pte``: PT2E INT8 (XNNPACK's symmetric per-channel config) calibrated on the same images.
 
 Each function returns what export records; the parity verdict (and :class:`~edgedistill.deploy.export.ParityError`)
 stays with the exporter.
@@ -12,6 +13,7 @@ stays with the exporter.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -84,10 +86,13 @@ def openvino_runner(path: str | os.PathLike) -> Runner:
     return compile_openvino(path)
 
 
-def export_executorch(model, path: str | os.PathLike, image_size: int) -> tuple[Path, Runner]:
-    """Lower ``model`` to an XNNPACK ``.pte`` and load it back; returns the file and a runner of it."""
+def export_executorch(model, path: str | os.PathLike, image_size: int,
+                      calibration: Iterable[np.ndarray] | None = None) -> tuple[Path, Runner]:
+    """Lower ``model`` to an XNNPACK ``.pte`` (INT8 when ``calibration`` batches are given) and load it back; returns
+    the file and a runner of it."""
     from edgedistill.deploy.engines.executorch import export_pte, load_pte
 
-    with log_at_least():
-        export_pte(model, path, image_size)
+    with log_at_least(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.export / torchao deprecation notes
+        export_pte(model, path, image_size, calibration=calibration)
     return Path(path), load_pte(path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -20,8 +20,14 @@ def available(runtime) -> tuple[bool, str]:
     return True, ""
 
 
-def export_pte(model, path: str | os.PathLike, image_size: int, *, max_batch: int = 64) -> None:
-    """Lower ``model`` (eager, eval) to an XNNPACK ExecuTorch program with a dynamic batch (1..max_batch)."""
+def export_pte(model, path: str | os.PathLike, image_size: int, *, max_batch: int = 64,
+               calibration: Iterable[np.ndarray] | None = None) -> None:
+    """Lower ``model`` (eager, eval) to an XNNPACK ExecuTorch program with a dynamic batch (1..max_batch).
+
+    Args:
+        calibration: float32 image batches: quantize to INT8 first (PT2E with XNNPACK's symmetric per-channel
+            config, observers calibrated on these batches); None: FP32.
+    """
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -29,9 +35,19 @@ def export_pte(model, path: str | os.PathLike, image_size: int, *, max_batch: in
     from edgedistill import storage
 
     example = torch.randn(2, 3, image_size, image_size)  # batch 2: a batch of 1 would specialise the batch axis
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
     with torch.no_grad():
-        program = torch.export.export(model.eval(), (example,),
-                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=max_batch)},))
+        program = torch.export.export(model.eval(), (example,), dynamic_shapes=dynamic)
+        if calibration is not None:
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                                 get_symmetric_quantization_config)
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+            quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+            prepared = prepare_pt2e(program.module(), quantizer)
+            for batch in calibration:
+                prepared(torch.from_numpy(np.ascontiguousarray(batch, np.float32)))
+            program = torch.export.export(convert_pt2e(prepared), (example,), dynamic_shapes=dynamic)
         buffer = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
     storage.write_bytes(path, buffer)
 
