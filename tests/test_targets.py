@@ -75,6 +75,9 @@ def test_targets_match_pytorch_and_report_accuracy(bundle):
         ref = model(x).numpy()
     for run in (compile_openvino(out / "model.onnx"), load_pte(out / "model.pte")):
         np.testing.assert_allclose(run(x.numpy())[0], ref, atol=1e-3)
+    # A batch above the program's bounded input (15 images) runs in chunks.
+    np.testing.assert_allclose(load_pte(out / "model.pte")(np.tile(x.numpy(), (4, 1, 1, 1)))[0], np.tile(ref, (4, 1)),
+                               atol=1e-3)
     for run in (compile_openvino(out / "model.openvino.int8.xml"), load_pte(out / "model.int8.pte")):
         int8 = run(x.numpy())[0]
         assert np.abs(int8 - ref).max() > 1e-6  # really quantized (not the FP32 graph under another name)

@@ -52,8 +52,15 @@ def export_pte(model, path: str | os.PathLike, image_size: int, *, max_batch: in
     storage.write_bytes(path, buffer)
 
 
+# The XNNPACK program's input is a bounded tensor whose capacity does not follow the exported batch range: with
+# executorch 1.5.1 and torch 2.14.1, programs exported with Dim("batch", max=64) or max=256 both refuse batches above
+# 15 ("Attempted to resize a bounded tensor"). The runner feeds larger batches in chunks of this size.
+CHUNK = 8
+
+
 def load_pte(path: str | os.PathLike, threads: int | None = None) -> Callable[[np.ndarray], list[np.ndarray]]:
-    """A callable running a ``.pte`` program's ``forward`` on float32 images, returning its outputs in order."""
+    """A callable running a ``.pte`` program's ``forward`` on float32 images, returning its outputs in order
+    (batches larger than :data:`CHUNK` run in chunks)."""
     import torch
     from executorch.runtime import Runtime
 
@@ -64,7 +71,9 @@ def load_pte(path: str | os.PathLike, threads: int | None = None) -> Callable[[n
     method = Runtime.get().load_program(str(path)).load_method("forward")
 
     def run(x: np.ndarray) -> list[np.ndarray]:
-        return [o.numpy() for o in method.execute([torch.from_numpy(np.ascontiguousarray(x, np.float32))])]
+        x = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+        parts = [[o.numpy() for o in method.execute([x[i:i + CHUNK]])] for i in range(0, len(x), CHUNK)]
+        return parts[0] if len(parts) == 1 else [np.concatenate(outs) for outs in zip(*parts)]
 
     return run
 
