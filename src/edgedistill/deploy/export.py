@@ -484,8 +484,16 @@ def _export_targets(model: nn.Module, fp32: Path, out_dir: Path, report: dict, c
     if openvino:
         runners["openvino_fp32"] = targets.openvino_runner(fp32)
     if executorch:
-        pte, runners["executorch_fp32"] = targets.export_executorch(model, out_dir / "model.pte", report["meta"]["view"]["image_size"])
-        report["files"]["executorch_fp32"] = pte.name
+        try:
+            pte, runners["executorch_fp32"] = targets.export_executorch(model, out_dir / "model.pte",
+                                                                        report["meta"]["view"]["image_size"])
+            report["files"]["executorch_fp32"] = pte.name
+            report["executorch"] = {"available": True, "reason": ""}
+        except Exception as e:  # noqa: BLE001 - torch.export / XNNPACK lowering raise many types for unsupported graphs
+            why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            report["executorch"] = {"available": False, "reason": why}
+            say(f"ExecuTorch cannot lower {report['meta']['arch']}, program skipped: {why}")
+            executorch = False
     for name, run in runners.items():
         diffs = {what: targets.max_abs_diff(model, run, [x]) for what, x in checks.items()}
         report.setdefault("parity_targets", {})[name] = diffs

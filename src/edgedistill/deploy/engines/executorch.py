@@ -36,8 +36,10 @@ def export_pte(model, path: str | os.PathLike, image_size: int, *, max_batch: in
 
     example = torch.randn(2, 3, image_size, image_size)  # batch 2: a batch of 1 would specialise the batch axis
     dynamic = ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
+    # XNNPACK's channels-last pass expects NCHW weights: undo a channels_last training layout first.
+    model = model.eval().to(memory_format=torch.contiguous_format)
     with torch.no_grad():
-        program = torch.export.export(model.eval(), (example,), dynamic_shapes=dynamic)
+        program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
         if calibration is not None:
             from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                                  get_symmetric_quantization_config)
