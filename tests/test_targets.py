@@ -101,6 +101,25 @@ def test_a_target_that_differs_from_pytorch_is_refused(bundle, monkeypatch, tmp_
         ex.export_model(model, meta, tmp_path / "bad", openvino=True)
 
 
+def test_a_model_a_target_cannot_run_is_recorded_and_left_out_of_the_race(bundle, monkeypatch, tmp_path):
+    from edgedistill.deploy import bench as b
+    from edgedistill.deploy import targets
+
+    def refuses(path):
+        def run(x):
+            raise RuntimeError("Exception from src/plugins/intel_cpu/src/node.cpp:794:\n[CPU] AvgPool kernel too large")
+        return run
+
+    out, model, _ = bundle
+    monkeypatch.setattr(targets, "openvino_runner", refuses)
+    meta = ex.load_student_deploy(out.parent.parent / "run")[1]
+    report = ex.export_model(model, meta, tmp_path / "e", openvino=True)
+    assert "AvgPool kernel too large" in report["targets_unavailable"]["openvino"]
+    assert "openvino cannot run this model" in (tmp_path / "e" / "README.md").read_text()
+    entry = b.entry_from_export(tmp_path / "e", "student")
+    assert entry.files_for("openvino") == {} and entry.files_for("onnx") == {"fp32": str(tmp_path / "e" / "model.onnx")}
+
+
 def test_race_runs_every_target_and_names_the_fastest(bundle, tmp_path):
     from edgedistill.deploy import bench as b
 

@@ -30,6 +30,7 @@ class BenchEntry:
         openvino: precision -> OpenVINO IR (``.xml``, e.g. NNCF INT8); the ``openvino`` runtime runs the ONNX file of a
             precision that has none.
         pte: precision -> ExecuTorch program (``.pte``, XNNPACK), for the ``executorch`` runtime.
+        unavailable: file kinds (``openvino``) the export found its runtime cannot run, with the reason.
     """
 
     model: str
@@ -41,9 +42,12 @@ class BenchEntry:
     engines: dict[str, str] = field(default_factory=dict)
     openvino: dict[str, str] = field(default_factory=dict)
     pte: dict[str, str] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
 
     def files_for(self, files: str) -> dict[str, str]:
         """precision -> file for a runtime that runs ``files`` (see ``engines.Runtime.files``)."""
+        if files in self.unavailable:
+            return {}
         if files == "onnx":
             return dict(self.onnx)
         if files == "engines":
@@ -61,10 +65,12 @@ def entry_from_export(path: str | os.PathLike, model: str) -> BenchEntry:
     engines: dict[str, str] = {}
     openvino: dict[str, str] = {}
     pte: dict[str, str] = {}
+    unavailable: dict[str, str] = {}
     if path.is_dir():
         if not (path / "export.json").is_file():
             raise EdgeDistillError(f"{str(path)!r} is not an export directory (no export.json); run 'edgedistill export' first")
-        files = storage.read_json(path / "export.json")["files"]
+        report = storage.read_json(path / "export.json")
+        files, unavailable = report["files"], report.get("targets_unavailable") or {}
         onnx = {p: str(path / f) for p, f in files.items() if p in ("fp32", "int8", "fp16")}
         engines = {p.split("_", 1)[1]: str(path / f) for p, f in files.items() if p.startswith("tensorrt_")}
         openvino = {p.split("_", 1)[1]: str(path / f) for p, f in files.items() if p.startswith("openvino_")}
@@ -81,7 +87,7 @@ def entry_from_export(path: str | os.PathLike, model: str) -> BenchEntry:
         torch_spec = {"kind": "teacher", "config": meta.teacher}
     resolutions = tuple(sorted({224, native})) if meta.dynamic_hw else (native,)
     return BenchEntry(model=model, arch=meta.arch, onnx=onnx, torch=torch_spec, resolutions=resolutions,
-                      native_resolution=native, engines=engines, openvino=openvino, pte=pte)
+                      native_resolution=native, engines=engines, openvino=openvino, pte=pte, unavailable=unavailable)
 
 
 def open_clip_tower(name: str, config: dict | None = None):

@@ -77,6 +77,8 @@ def render_model_card(export: dict, run: dict | None = None) -> str:
     if parity:
         lines += ["", "ONNX Runtime matches PyTorch to a max abs difference of "
                   + ", ".join(f"{v:.1e} ({k} inputs)" for k, v in parity.items()) + "."]
+    for target, why in (export.get("targets_unavailable") or {}).items():
+        lines.append(f"{target} cannot run this model, so the bundle has no {target} file: {why}")
     for target, diffs in (export.get("parity_targets") or {}).items():
         runtime = ACCURACY_ROWS.get(target, (target, ""))[0]
         lines.append(f"{runtime} matches PyTorch to " + ", ".join(f"{v:.1e} ({k} inputs)" for k, v in diffs.items()) + ".")
@@ -111,7 +113,8 @@ def render_model_card(export: dict, run: dict | None = None) -> str:
     lines += ["## How to call it", "", "Runtime-only install (no torch): `pip install edgedistill`.", "",
               "```bash", "edgedistill predict <this folder> photo.jpg --top_k 3", "```", "", "```python",
               "from edgedistill.deploy import load_bundle", "",
-              "model = load_bundle(\"<this folder>\")" + ("   # precision=\"int8\": the INT8 file" if "int8" in files else ""),
+              "model = load_bundle(\"<this folder>\")" + ("   # precision=\"int8\": model.int8.onnx (faster only where "
+                                                           "the race says so)" if "int8" in files else ""),
               "model.classify([\"photo.jpg\", pil_image, numpy_hwc_uint8], top_k=3)   # [[(label, probability), ...], ...]",
               "```"]
     if meta.get("text"):

@@ -474,6 +474,11 @@ def export_model(
     return report
 
 
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {' | '.join(lines[-2:])[:300]}"
+
+
 def _export_targets(model: nn.Module, fp32: Path, out_dir: Path, report: dict, checks: dict[str, torch.Tensor],
                     tolerance: float, *, openvino: bool, executorch: bool, calib, val) -> None:
     """OpenVINO (FP32 on model.onnx, NNCF INT8) and ExecuTorch (model.pte): parity against PyTorch, accuracy."""
@@ -481,18 +486,24 @@ def _export_targets(model: nn.Module, fp32: Path, out_dir: Path, report: dict, c
 
     logits = list(report["meta"]["outputs"]).index("logits") if "logits" in report["meta"]["outputs"] else None
     runners: dict[str, Any] = {}
+    unavailable = report.setdefault("targets_unavailable", {})  # target -> why it cannot run this model
     if openvino:
-        runners["openvino_fp32"] = targets.openvino_runner(fp32)
+        try:
+            run = targets.openvino_runner(fp32)
+            run(checks["random"].numpy())  # OpenVINO infers shapes at the first call (e.g. a pool larger than its input)
+            runners["openvino_fp32"] = run
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError with its C++ trace for unsupported graphs
+            unavailable["openvino"] = _first_line(e)
+            say(f"OpenVINO cannot run {report['meta']['arch']}, skipped: {unavailable['openvino']}")
+            openvino = False
     if executorch:
         try:
             pte, runners["executorch_fp32"] = targets.export_executorch(model, out_dir / "model.pte",
                                                                         report["meta"]["view"]["image_size"])
             report["files"]["executorch_fp32"] = pte.name
-            report["executorch"] = {"available": True, "reason": ""}
         except Exception as e:  # noqa: BLE001 - torch.export / XNNPACK lowering raise many types for unsupported graphs
-            why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-            report["executorch"] = {"available": False, "reason": why}
-            say(f"ExecuTorch cannot lower {report['meta']['arch']}, program skipped: {why}")
+            unavailable["executorch"] = _first_line(e)
+            say(f"ExecuTorch cannot lower {report['meta']['arch']}, program skipped: {unavailable['executorch']}")
             executorch = False
     for name, run in runners.items():
         diffs = {what: targets.max_abs_diff(model, run, [x]) for what, x in checks.items()}

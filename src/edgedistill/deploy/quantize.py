@@ -91,6 +91,7 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
     meta = read_metadata(onnx_path)
     input_name = ort_session(onnx_path).get_inputs()[0].name
     reader = type("Reader", (ArrayCalibrationReader, CalibrationDataReader), {})(calib_batches, input_name)
+    out_path.parent.mkdir(parents=True, exist_ok=True)  # the pre-processed model is written beside it first
     pre = out_path.with_name(f".{out_path.stem}.pre.onnx")
     try:
         with warnings.catch_warnings(), log_at_least():  # per-node notes of the quantizer: not the user's concern
