@@ -34,6 +34,26 @@ from edgedistill.deploy.quantize import quantize_int8  # noqa: E402
 from edgedistill.deploy.runtime import ort_session, read_metadata  # noqa: E402
 
 
+def ort_op_profile(path: Path, size: int, threads: int | None, runs: int = 200) -> dict[str, float]:
+    """Microseconds per operator type over ``runs`` batches of 8, from ONNX Runtime's own profiler."""
+    import json
+
+    import numpy as np
+
+    sess = ort_session(path, threads=threads, settings={"enable_profiling": True})
+    x = np.random.default_rng(0).standard_normal((8, 3, size, size), dtype=np.float32)
+    for _ in range(runs):
+        sess.run(None, {"image": x})
+    trace = Path(sess.end_profiling())
+    ops: dict[str, float] = {}
+    for event in json.loads(trace.read_text()):
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            op = event["args"].get("op_name", "?")
+            ops[op] = ops.get(op, 0.0) + float(event["dur"])
+    trace.unlink()
+    return ops
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("bundle", help="export directory of a student made by distill/demo")
@@ -112,8 +132,17 @@ def main() -> None:
     lines += ["", "INT8 faster than FP32 on its own runtime at the same accuracy: " + (
         "; ".join(f"{r['variant']} at batch {r['batch']} ({r['throughput_ips'] / base[(r['runtime'], r['batch'])]:.2f}x)"
                   for r in winners) if winners else "none")]
+    profile = {name: ort_op_profile(variants[name][2], meta.view["image_size"], args.threads)
+               for name in ("ort fp32", "ort int8 qdq per-channel, stem fp32 (bundle)")}
+    lines += ["", "Where ONNX Runtime's time goes at batch 8 (its profiler, 200 runs; share of node time by operator):", ""]
+    for name, ops in profile.items():
+        total = sum(ops.values())
+        top = sorted(ops.items(), key=lambda kv: -kv[1])[:6]
+        lines.append(f"- {name}: {total / 200 / 1000:.3f} ms of node time per batch; "
+                     + ", ".join(f"{op} {100 * t / total:.0f}%" for op, t in top))
     storage.write_json(out / "int8.json", {"machine": B.machine_info(), "bundle": str(bundle), "split": split,
-                                           "rows": rows, "argv": sys.argv[1:]})
+                                           "rows": rows, "profile_us": profile,
+                                           "argv": sys.argv[1:]})
     storage.write_text(out / "int8.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
