@@ -71,7 +71,9 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
         per_channel: per-output-channel weight scales (better accuracy for convolutions).
         keep_stem_fp32: leave the convolution that reads the image in FP32. Measured on the demo's
             narrow ResNet18 (AVX2 CPU, no VNNI): quantizing it lost 3.7 points of held-out accuracy
-            (64.1 -> 60.4), keeping it lost none, at about 0.7x the all-INT8 throughput.
+            (64.1 -> 60.4), keeping it lost none, at about 0.7x the all-INT8 throughput. On a VNNI/AMX Xeon the
+            demo's distilled student lost nothing either way, and the FP32 stem made INT8 slower than FP32 (0.64x vs
+            1.21x at batch 8, ``benchmarks/int8.py``): the pool after it runs on a slow path.
         quant_format: ``qdq`` (QuantizeLinear/DequantizeLinear pairs around float ops, fused by ONNX Runtime) or
             ``qoperator`` (QLinearConv & co., integer operators in the graph itself).
 
