@@ -128,7 +128,9 @@ def render_model_card(export: dict, run: dict | None = None) -> str:
             lines.append(f"- `{fname[:-4]}.bin`: its weights")
     if meta.get("text"):
         lines.append(f"- `{meta['text']['file']}`: text embeddings of {len(meta['text']['names'])} prompts")
-    lines.append("- `export.json`: what was exported and checked (parity, accuracy)")
+    if meta.get("class_names"):
+        lines.append("- `labels.txt`: the class names, one a line, in the order of the `logits` columns")
+    lines.append("- `export.json`: what was exported (`meta`: labels, preprocessing) and checked (parity, accuracy)")
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,8 @@ One export directory holds everything deployment needs, and no teacher::
     <out>/student/model.openvino.int8.xml    OpenVINO IR (+ .bin): NNCF INT8 (``--openvino``; OpenVINO runs model.onnx)
     <out>/student/model.pte                  ExecuTorch program, XNNPACK (``--executorch``; model.int8.pte with --int8)
     <out>/student/model.text_embeddings.npy  [C, D] text embeddings of class names / prompts
-    <out>/student/export.json                what was exported, parity diffs, FP32 vs INT8 accuracy
+    <out>/student/labels.txt                 class names, one a line (the logits' columns)
+    <out>/student/export.json                what was exported (its ``meta``: labels, preprocessing), parity, accuracy
     <out>/student/README.md                  the model card (``deploy.card``): provenance, accuracy, speed, usage
 
 An ``edgedistill optimize`` stage exports the same files: ``model.onnx`` is its float model
@@ -469,6 +470,8 @@ def export_model(
                                         int8=prec == "int8", sparse=sparse)
             report["files"][f"tensorrt_{prec}"] = eng.name
             say(f"built TensorRT engine {eng}")
+    if meta.class_names:  # for apps that ship model.pte / the OpenVINO IR and cannot read the ONNX metadata
+        storage.write_text(out_dir / "labels.txt", "\n".join(meta.class_names) + "\n")
     storage.write_json(out_dir / "export.json", report)
     write_model_card(out_dir, report)
     return report
