@@ -149,3 +149,19 @@ def test_bench_command_exports_a_run_directory(student_run, tmp_path, capsys):
     # A CNN student runs at its native size and at the tutorial's 224.
     assert [(r["arch"], r["resolution"], r["native"]) for r in saved["rows"]] == [("test_resnet", 32, True), ("test_resnet", 224, False)]
     assert saved["ratios"] == [] and "## Measured" in capsys.readouterr().out
+
+
+def test_a_new_runtime_is_one_registry_line(entries, monkeypatch):
+    """A runtime registered at run time (ONNX Runtime's CPU provider under another name) runs in the benchmark
+    children, which rebuild it from the job, not from their own registry; a duplicate name is refused."""
+    from edgedistill.deploy import engines
+
+    monkeypatch.setattr(engines, "RUNTIMES", dict(engines.RUNTIMES))
+    monkeypatch.setattr(b, "RUNTIMES", engines.RUNTIMES)
+    engines.register_runtime("ort-plugin", engines.Runtime("onnxruntime", "onnx", ("CPUExecutionProvider",)))
+    with pytest.raises(ConfigError, match="'ort-plugin' is already registered"):
+        engines.register_runtime("ort-plugin", engines.Runtime("onnxruntime", "onnx", ("CPUExecutionProvider",)))
+    s, _ = entries
+    rows = b.bench_models([s], batch_sizes=(1,), warmup=0, iters=1, threads=1, runtimes=("ort-plugin",),
+                          precisions=("fp32",), log=lambda m: None)
+    assert [(r["runtime"], r["precision"]) for r in rows] == [("ort-plugin", "fp32")] and rows[0]["throughput_ips"] > 0

@@ -52,7 +52,8 @@ def _config(root: Path, out: Path, **over) -> DistillConfig:
                   "lr": 0.05, "warmup_epochs": 0.5},
         "students": [{"name": "scratch", "train": {"target": "labels"}},
                      {"name": "kd", "train": {"target": "logits", "head": "linear", "train_split": "train+unlabeled"}}],
-        "deploy": {"int8": True, "calib_size": 8, "batch_sizes": [2], "warmup": 0, "iters": 2, "tutorial_teacher": TINY},
+        "deploy": {"int8": True, "calib_size": 8, "batch_sizes": [2], "warmup": 0, "iters": 2, "tutorial_teacher": TINY,
+                   "runtimes": ["onnxruntime"]},  # OpenVINO / ExecuTorch in the race: tests/test_targets.py
     }
     for key, value in over.items():
         raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
@@ -93,6 +94,15 @@ def test_distill_with_labels_end_to_end_and_rerun(tmp_path: Path) -> None:
     speed = race[("student", "fp32")]["throughput_ips"] / race[("teacher", "fp32")]["throughput_ips"]
     assert f"**{speed:.1f}x the teacher's throughput**" in first
     assert "## The tutorial's published figures (reference, not measured here)" in report
+    # The bundle's model card: the run's provenance, held-out accuracy and race rows.
+    card = (out / "exports" / "student" / "README.md").read_text()
+    assert f"Distilled from: openclip:{TINY}" in card and "Data: imagefolder (train 21, val 9, test 12, unlabeled 12 images)" in card
+    from edgedistill.deploy.card import pct as card_pct
+
+    assert f"| onnxruntime | FP32 | {card_pct(r['export']['accuracy']['fp32'])} |" in card
+    student_fp32 = race[("student", "fp32")]
+    assert (f"| onnxruntime | fp32 | 2 | {student_fp32['throughput_ips']:.0f} | {student_fp32['latency_ms_p50']:.2f} |"
+            in card)
 
     # A rerun reuses the caches, the finished runs, the exports and the benchmark.
     stamp = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("student.safetensors")}

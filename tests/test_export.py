@@ -74,7 +74,8 @@ def test_student_export_parity_on_fresh_input_and_metadata(student_run, tmp_path
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
     saved = storage.read_json(tmp_path / "exp" / "export.json")
     assert saved["files"] == {"fp32": "model.onnx"} and saved["parity"] == report["parity"]
-    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["export.json", "model.onnx"]  # no temp files left
+    assert (tmp_path / "exp" / "labels.txt").read_text().splitlines() == CLASSES
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["README.md", "export.json", "labels.txt", "model.onnx"]  # no temp files
 
 
 def test_parity_failure_names_diff_and_tolerance(student_run, tmp_path):

@@ -180,3 +180,65 @@ def test_prompts_without_teacher_or_embedding(student, tmp_path):
     assert m.classifier(["a cat"]).labels == ["a cat"]
     with pytest.raises(EdgeDistillError, match=r"No text embeddings for prompts \['a fox'\]"):
         m.classifier(["a fox"])
+
+
+def _photo() -> np.ndarray:
+    """A real photo (skimage's chelsea the cat, 300 x 451 RGB)."""
+    from skimage import data
+
+    return data.chelsea()
+
+
+def test_16bit_images_are_scaled_not_clipped(student, tmp_path):
+    """A 16-bit grayscale PNG decodes to the same pixels as its 8-bit twin (convert("RGB") would clip it to white)."""
+    from edgedistill.data.images import decode_image
+
+    gray8 = np.asarray(Image.fromarray(_photo()).convert("L"))
+    Image.fromarray(gray8).save(tmp_path / "g8.png")
+    Image.fromarray(gray8.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I;16")
+    np.testing.assert_array_equal(np.asarray(decode_image(tmp_path / "g16.png")), np.asarray(decode_image(tmp_path / "g8.png")))
+    # Float images in 0..1 (mode F) are scaled by 255, too.
+    as_float = Image.fromarray(gray8.astype(np.float32) / 255.0)
+    np.testing.assert_array_equal(np.asarray(preprocess(as_float, ViewSpec(**VIEW))),
+                                  np.asarray(preprocess(Image.fromarray(gray8), ViewSpec(**VIEW))))
+    clf = load_classifier(student[1])
+    from edgedistill.deploy.predict import predict_images
+
+    (p8, p16), errors = predict_images(clf, [tmp_path / "g8.png", tmp_path / "g16.png"], show_progress=False)
+    assert not errors and p8["top"] == p16["top"]
+
+
+def test_exif_orientation_is_applied(student, tmp_path):
+    """A photo stored sideways with an EXIF orientation tag decodes upright, in predict and in training alike."""
+    from edgedistill.data.images import decode_image
+    from edgedistill.data.transforms import AugParams, apply_aug
+
+    upright = Image.fromarray(_photo())
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display": stored turned 90 counter-clockwise
+    Image.fromarray(np.rot90(_photo())).save(tmp_path / "sideways.png", exif=exif)
+    upright.save(tmp_path / "upright.png")
+    assert Image.open(tmp_path / "sideways.png").size == upright.size[::-1]
+    decoded = decode_image(tmp_path / "sideways.png")
+    np.testing.assert_array_equal(np.asarray(decoded), np.asarray(upright))
+    # Training's augmentation path gets the upright image even when handed the raw file's PIL image.
+    view = ViewSpec(**VIEW)
+    p = AugParams(top=0.1, left=0.2, height=0.5, width=0.6, flip=False)
+    torch.testing.assert_close(apply_aug(Image.open(tmp_path / "sideways.png"), p, view), apply_aug(upright, p, view))
+    from edgedistill.deploy.predict import predict_images
+
+    (a, b), errors = predict_images(load_classifier(student[1]), [tmp_path / "upright.png", tmp_path / "sideways.png"],
+                                    show_progress=False)
+    assert not errors and a["top"] == b["top"]
+
+
+def test_inputs_takes_one_path_or_a_list(student, images, capsys):
+    from edgedistill.cli import main
+
+    one = str(images / "0.jpg")
+    assert main(["predict", "--model", str(student[1]), "--inputs", one, "--top_k", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{one}: ")
+    assert main(["predict", "--model", str(student[1]), "--inputs", json.dumps([one, str(images / "1.png")])]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2

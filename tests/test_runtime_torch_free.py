@@ -42,7 +42,7 @@ class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.partition(".")[0] in BLOCKED:
             attempts.append(name)
-            raise ImportError(f"{name} is blocked: the deploy runtime must not need it")
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked: the deploy runtime must not need it)", name=name)
         return None
 
 
@@ -59,10 +59,18 @@ from edgedistill.deploy.runtime import OnnxModel, preprocess
 model = OnnxModel(job["model"])
 clf = model.classifier(job.get("prompts"))
 probs = clf.score(np.stack([preprocess(Image.open(p), model.view) for p in job["images"]]))
-import edgedistill.deploy.bench  # what bench's ONNX Runtime children import
+bundle = None
+if job.get("bundle"):  # the app API: paths, PIL images and arrays in batches of 2
+    from edgedistill.deploy import load_bundle
+
+    b = load_bundle(job["bundle"])
+    images = [job["images"][0], Image.open(job["images"][1]), np.asarray(Image.open(job["images"][2]).convert("RGB"))]
+    bundle = {"probs": b.predict_proba(images, batch_size=2).tolist(), "top": b.classify(images, top_k=2)}
+import edgedistill.deploy.bench, edgedistill.deploy.bench_child, edgedistill.deploy.engines.onnxruntime  # bench and its ONNX Runtime children
+import edgedistill.deploy.engines.openvino, edgedistill.deploy.bundle
 loaded = sorted(n for n in sys.modules if n.partition(".")[0] in BLOCKED)
 print("@@" + json.dumps({"already": already, "codes": codes, "labels": clf.labels, "probs": probs.tolist(),
-                         "attempts": attempts, "loaded": loaded}))
+                         "attempts": attempts, "loaded": loaded, "bundle": bundle}))
 """
 
 
@@ -115,7 +123,7 @@ def exported(tmp_path_factory):
 
 def test_predict_without_torch(exported):
     exp, run, images = exported
-    job = {"model": str(exp / "model.onnx"), "images": [str(p) for p in images],
+    job = {"model": str(exp / "model.onnx"), "images": [str(p) for p in images], "bundle": str(exp),
            "cli": [["predict", str(exp / "model.onnx"), *map(str, images), "--top_k", "2"],
                    ["predict", str(exp), str(images[0]), "--top_k", "3"]]}  # the export directory
     result, cli_out, err = _run_child(job)
@@ -130,6 +138,9 @@ def test_predict_without_torch(exported):
         ref = torch.softmax(model(x), dim=1).numpy()
     assert result["labels"] == CLASSES
     np.testing.assert_allclose(np.array(result["probs"]), ref, atol=1e-4)
+    # The app API (load_bundle) on a path, a PIL image and an array, batched: the same probabilities.
+    np.testing.assert_allclose(np.array(result["bundle"]["probs"]), ref, atol=1e-4)
+    assert [t[0][0] for t in result["bundle"]["top"]] == ["ship", "cat", "dog"]
     # The CLI printed top-k lines: the right colour class first, with the reference probabilities.
     assert len(cli_out) == len(images) + 1
     for line, path, probs, k in zip(cli_out, images + [images[0]], list(ref) + [ref[0]], [2] * len(images) + [3]):
@@ -170,3 +181,45 @@ def test_prompts_without_torch(tmp_path):
     assert set(printed) == {"a dog", "a cat"}
     for label, p in printed.items():
         assert float(p) == pytest.approx(expected[0, ["a dog", "a cat"].index(label)], abs=1.5e-3)
+
+
+def test_training_commands_name_the_train_extra():
+    """On a runtime-only install every training command fails in one line naming the extra, exit status 2."""
+    child = CHILD.split("job = json.loads", 1)[0] + (
+        "from edgedistill.cli import main\n"
+        "codes = [main([c]) for c in json.loads(sys.argv[2])]\n"
+        "print('@@' + json.dumps(codes))\n")
+    commands = ["cache", "teacher", "train", "eval", "run", "optimize", "export", "retrieve", "distill", "demo"]
+    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-c", child, json.dumps(BLOCKED), json.dumps(commands)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.rpartition("@@")[2]) == [2] * len(commands)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == len(commands), proc.stderr  # one line each, no traceback
+    for command, line in zip(commands, lines):
+        assert line.startswith(f"error: edgedistill {command} needs the training stack") and \
+            line.endswith("pip install 'edgedistill[train]'"), line
+
+
+def test_package_metadata_keeps_torch_out_of_the_base_install():
+    """pyproject.toml: the base dependencies are the runtime; torch & co come only with the [train] extra."""
+    import re
+    import tomllib
+
+    from edgedistill.cli import TRAIN_STACK
+
+    project = tomllib.loads((SRC.parent / "pyproject.toml").read_text())["project"]
+
+    def names(reqs: list[str]) -> set[str]:
+        return {re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in reqs}
+
+    base = names(project["dependencies"])
+    train = names(project["optional-dependencies"]["train"])
+    heavy = {"torch", "torchvision", "timm", "open-clip-torch", "lightning", "pytorch-lightning", "torchmetrics",
+             "tensorboard", "matplotlib", "safetensors", "onnx", "onnxscript"}
+    assert not base & heavy, f"the base install pulls {sorted(base & heavy)}"
+    assert base >= {"numpy", "pillow", "onnxruntime"}
+    assert {"torch", "torchvision", "timm", "open-clip-torch", "lightning", "torchmetrics"} <= train
+    # The CLI's hint covers every import name the extra brings.
+    assert {"torch", "torchvision", "timm", "open_clip", "lightning", "torchmetrics", "safetensors"} <= TRAIN_STACK

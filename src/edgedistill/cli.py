@@ -31,6 +31,35 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# What `pip install 'edgedistill[train]'` adds to the runtime-only base install (pyproject.toml's [train] extra).
+TRAIN_STACK = frozenset({"torch", "torchvision", "timm", "open_clip", "lightning", "pytorch_lightning", "torchmetrics",
+                         "safetensors", "matplotlib", "tensorboard", "onnx", "onnxscript"})
+TRAIN_EXTRA = "pip install 'edgedistill[train]'"
+
+
+# Commands a runtime-only install runs (exported bundles); every other command trains, caches or exports.
+RUNTIME_COMMANDS = frozenset({"predict", "bench"})
+
+
+def _train_stack_absent() -> str | None:
+    """The first core training package that is not installed, or None (a spec lookup: nothing is imported)."""
+    import importlib.util
+
+    for package in ("torch", "timm", "open_clip", "lightning"):
+        try:
+            if importlib.util.find_spec(package) is None:
+                return package
+        except (ImportError, ValueError):
+            return package
+    return None
+
+
+def missing_train_stack(e: ModuleNotFoundError) -> str | None:
+    """The training-stack package a failed import was after, or None for any other missing module."""
+    root = (e.name or "").partition(".")[0]
+    return root if root in TRAIN_STACK else None
+
+
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: edgedistill <command> [--config FILE.yaml] [--flag value ...]", "", "commands:"]
@@ -117,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}. Valid: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    absent = None if name in RUNTIME_COMMANDS else _train_stack_absent()
+    if absent is not None:
+        print(f"error: edgedistill {name} needs the training stack ({absent} is not installed): {TRAIN_EXTRA}",
+              file=sys.stderr)
+        return 2
     try:
         parser, func = build_parser(name)
         try:
@@ -142,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         func(config_cls(**kwargs)) if config_cls is not None else func(**kwargs)
     except EdgeDistillError as e:
         print(f"error: {_single_line(str(e))}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # a runtime-only install (plain `pip install edgedistill`) asked to train
+        package = missing_train_stack(e)
+        if package is None:
+            raise
+        print(f"error: edgedistill {name} needs the training stack ({package} is not installed): {TRAIN_EXTRA}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -764,8 +764,9 @@ class DeploySettings:
     """Untimed runs before each measurement."""
     iters: int = 30
     """Timed runs per measurement."""
-    runtimes: list[str] = choice(RUNTIMES, ["onnxruntime"])
-    """Runtimes raced (``registry.RUNTIMES``, the deployment runtimes; unavailable ones are skipped with the reason)."""
+    runtimes: list[str] = choice(RUNTIMES, ["onnxruntime", "openvino", "executorch"])
+    """Runtimes raced (``registry.RUNTIMES``: ``deploy.engines.RUNTIMES``; those not installed here are skipped with the
+    reason). The race's OpenVINO INT8 (NNCF) and ExecuTorch files are exported for the runtimes listed and installed."""
     tutorial_teacher: str | None = DEFAULT_OPENCLIP_MODEL
     """Also race this open_clip image tower (random-init: speed does not depend on weights), the tutorial's teacher."""
 

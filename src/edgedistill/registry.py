@@ -167,7 +167,7 @@ TEMPLATES = Registry("prompt template set", {
 """``heads.templates`` / ``retrieve.templates`` -> a sequence of prompt templates (``str.format`` strings with
 ``{c}``, or functions of the class name), as open_clip's ``build_zero_shot_classifier`` takes them."""
 
-RUNTIMES = Registry("runtime", home="edgedistill.deploy.bench:RUNTIMES")
+RUNTIMES = Registry("runtime", home="edgedistill.deploy.engines:RUNTIMES")
 """``deploy.runtimes`` -> ``Runtime``: the deployment runtimes' own (torch-free) registry, read in place."""
 
 

@@ -1,7 +1,9 @@
 """Finding and decoding image files: the one suffix list, the one safe folder walk, the one decoder.
 
-Torch-free (PIL and the standard library), so the deploy runtime uses the same rules as
-training: which files are images, how a folder is searched, what counts as unreadable.
+Torch-free (PIL, numpy and the standard library), so the deploy runtime uses the same rules as
+training: which files are images, how a folder is searched, what counts as unreadable, and how
+pixels become 8-bit RGB (:func:`to_rgb`: EXIF orientation applied, 16-bit and float images
+scaled rather than clipped), in training, the teacher cache and ``predict`` alike.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+from PIL import ExifTags, Image, ImageOps
 
 from edgedistill.errors import DataError
 
@@ -107,8 +110,36 @@ def list_images(root: str | os.PathLike, seen: set[tuple[int, int]] | None = Non
     return out
 
 
+# Modes whose samples are wider than 8 bits: PIL's convert("RGB") clips them at 255 (a 16-bit photo turns white).
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _wide_to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit / 32-bit-integer / float single-channel image as 8-bit ``L``, scaled by its bit depth.
+
+    Integer modes hold 16-bit samples (what PNG and TIFF decode to): 0..65535 -> 0..255. Float
+    images in 0..1 are scaled by 255; any other float range is treated as 16-bit.
+    """
+    arr = np.asarray(img, dtype=np.float64)
+    scale = 255.0 if img.mode == "F" and arr.size and float(np.nanmax(arr)) <= 1.0 else 255.0 / 65535.0
+    return Image.fromarray(np.clip(np.rint(np.nan_to_num(arr) * scale), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """The 8-bit RGB image a model sees: EXIF orientation applied, wide (16-bit, float) samples scaled, not clipped.
+
+    The one conversion of training, the teacher cache, ``predict`` and the deploy API.
+    """
+    if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:  # phone photos: stored sideways, tagged
+        img = ImageOps.exif_transpose(img)
+    if img.mode in _WIDE_MODES:
+        img = _wide_to_8bit(img)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
 def decode_image(data: bytes | str | os.PathLike, what: str | None = None) -> Image.Image:
-    """Decode an image file or its bytes fully to RGB (``convert`` forces the read, so truncation surfaces here).
+    """Decode an image file or its bytes fully to RGB (:func:`to_rgb`; ``load`` forces the read, so truncation
+    surfaces here).
 
     Raises:
         BadImageError: the file cannot be opened or decoded (message names it).
@@ -116,7 +147,9 @@ def decode_image(data: bytes | str | os.PathLike, what: str | None = None) -> Im
     what = what or str(data if not isinstance(data, bytes) else "<bytes>")
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-            return img.convert("RGB")
+            img.load()
+            out = to_rgb(img)
+            return out if out is not img else img.copy()
     except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, struct.error, ... on corrupt files
         raise BadImageError(f"cannot read image {what}: {type(e).__name__}: {e}") from e
 

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from edgedistill.config import CACHED_CROP_SCALE
+from edgedistill.data.images import to_rgb
 from edgedistill.data.views import RESAMPLE, ViewSpec, normalize, preprocess
 from edgedistill.errors import ConfigError
 
@@ -147,8 +148,7 @@ def apply_aug(img: Image.Image, p: AugParams, view: ViewSpec) -> torch.Tensor:
     Returns:
         Tensor ``[3, view.image_size, view.image_size]``.
     """
-    if img.mode != "RGB":
-        img = img.convert("RGB")
+    img = to_rgb(img)
     W, H = img.size
     box = (p.left * W, p.top * H, (p.left + p.width) * W, (p.top + p.height) * H)
     out = img.resize((view.image_size, view.image_size), RESAMPLE[view.interpolation], box=box)

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from edgedistill.data.images import to_rgb
 from edgedistill.errors import ConfigError
 
 Triple = tuple[float, float, float]
@@ -95,7 +96,7 @@ def student_view(image_size: int, mean: Triple | None = None, std: Triple | None
 
 def resize(image: Image.Image, view: ViewSpec) -> Image.Image:
     """The view's geometry on a PIL image: RGB, S x S (no normalisation)."""
-    img = image.convert("RGB") if image.mode != "RGB" else image
+    img = to_rgb(image)
     S, resample = view.image_size, RESAMPLE[view.interpolation]
     w, h = img.size
     if view.resize_mode == "squash":

@@ -6,8 +6,12 @@ One export directory holds everything deployment needs, and no teacher::
     <out>/student/model.int8.onnx            QDQ INT8 (ONNX Runtime static quantization)
     <out>/student/model.fp16.onnx            FP16 weights and activations, FP32 inputs/outputs
     <out>/student/model.fp16.engine          TensorRT engine (only where ``tensorrt`` imports)
+    <out>/student/model.openvino.int8.xml    OpenVINO IR (+ .bin): NNCF INT8 (``--openvino``; OpenVINO runs model.onnx)
+    <out>/student/model.pte                  ExecuTorch program, XNNPACK (``--executorch``; model.int8.pte with --int8)
     <out>/student/model.text_embeddings.npy  [C, D] text embeddings of class names / prompts
-    <out>/student/export.json                what was exported, parity diffs, FP32 vs INT8 accuracy
+    <out>/student/labels.txt                 class names, one a line (the logits' columns)
+    <out>/student/export.json                what was exported (its ``meta``: labels, preprocessing), parity, accuracy
+    <out>/student/README.md                  the model card (``deploy.card``): provenance, accuracy, speed, usage
 
 An ``edgedistill optimize`` stage exports the same files: ``model.onnx`` is its float model
 (2:4 recipes: dense weights with the zeros in, precision ``sparse-fp32``) and, for QAT recipes,
@@ -48,7 +52,8 @@ from edgedistill.deploy.quantize import (
     quantize_int8,
     tensorrt_status,
 )
-from edgedistill.deploy.runtime import INPUT_NAME, DeployMeta, ort_session
+from edgedistill.deploy.card import write_model_card
+from edgedistill.deploy.runtime import INPUT_NAME, DeployMeta, ort_session, read_metadata
 from edgedistill.errors import ConfigError, EdgeDistillError
 from edgedistill.heads import load_head
 from edgedistill.students import load_student
@@ -246,6 +251,8 @@ def export_model(
     teacher: Any = None,
     qat: nn.Module | None = None,
     qat_tolerance: float = 0.05,
+    openvino: bool = False,
+    executorch: bool = False,
 ) -> dict:
     """Export one model with all requested variants into ``out_dir``; returns (and writes) ``export.json``.
 
@@ -265,6 +272,9 @@ def export_model(
         qat_tolerance: largest allowed QDQ-vs-fake-quant difference, as a fraction of the largest PyTorch output:
             the two round at different points (``x * (127 / amax)`` vs ``x / (amax / 127)``), so a value at a
             rounding boundary can land one quantization step apart.
+        openvino: parity-check OpenVINO on ``model.onnx`` against PyTorch and, with ``int8``, write NNCF's INT8
+            (``model.openvino.int8.xml``, calibrated on the same images) with its accuracy.
+        executorch: write an XNNPACK ExecuTorch program (``model.pte``), parity-checked against PyTorch.
     """
     int8 = int8 and qat is None
     if int8 and data is None:
@@ -295,6 +305,8 @@ def export_model(
     say(f"exported {fp32} (max abs diff vs PyTorch: " + ", ".join(f"{k} {v:.1e}" for k, v in report["parity"].items()) + ")")
     if val is not None and "logits" in meta.outputs and bool((np.asarray(val.labels) >= 0).any()):
         report["accuracy"]["fp32"] = onnx_accuracy(fp32, val)
+        report["accuracy_split"] = val_split
+    calib = None
     if int8:
         calib = real_images(data, calib_split, meta.view, limit=calib_size)
         q = quantize_int8(fp32, out_dir / "model.int8.onnx", (images for images, _ in _batches_of(calib, 16)))
@@ -317,6 +329,9 @@ def export_model(
             report["accuracy"]["int8"] = onnx_accuracy(qdq, val)
         say(f"exported the QAT model {qdq} (QDQ; max abs diff vs the fake-quantized PyTorch model: "
             + ", ".join(f"{k} {v:.1e}" for k, v in parity.items()) + f", largest output {scale:.3g})")
+    if openvino or executorch:
+        _export_targets(model, fp32, out_dir, report, checks, tolerance, openvino=openvino, executorch=executorch,
+                        calib=calib if int8 else None, val=val)
     if fp16:
         report["files"]["fp16"] = convert_fp16(fp32, out_dir / "model.fp16.onnx").name
     if report["accuracy"]:
@@ -333,8 +348,71 @@ def export_model(
                                         int8=prec == "int8", sparse=sparse)
             report["files"][f"tensorrt_{prec}"] = eng.name
             say(f"built TensorRT engine {eng}")
+    if meta.class_names:  # for apps that ship model.pte / the OpenVINO IR and cannot read the ONNX metadata
+        storage.write_text(out_dir / "labels.txt", "\n".join(meta.class_names) + "\n")
     storage.write_json(out_dir / "export.json", report)
+    write_model_card(out_dir, report)
     return report
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {' | '.join(lines[-2:])[:300]}"
+
+
+def _export_targets(model: nn.Module, fp32: Path, out_dir: Path, report: dict, checks: dict[str, torch.Tensor],
+                    tolerance: float, *, openvino: bool, executorch: bool, calib, val) -> None:
+    """OpenVINO (FP32 on model.onnx, NNCF INT8) and ExecuTorch (model.pte): parity against PyTorch, accuracy."""
+    from edgedistill.deploy import targets
+
+    logits = list(report["meta"]["outputs"]).index("logits") if "logits" in report["meta"]["outputs"] else None
+    runners: dict[str, Any] = {}
+    unavailable = report.setdefault("targets_unavailable", {})  # target -> why it cannot run this model
+    if openvino:
+        try:
+            run = targets.openvino_runner(fp32)
+            run(checks["random"].numpy())  # OpenVINO infers shapes at the first call (e.g. a pool larger than its input)
+            runners["openvino_fp32"] = run
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError with its C++ trace for unsupported graphs
+            unavailable["openvino"] = _first_line(e)
+            say(f"OpenVINO cannot run {report['meta']['arch']}, skipped: {unavailable['openvino']}")
+            openvino = False
+    if executorch:
+        try:
+            pte, runners["executorch_fp32"] = targets.export_executorch(model, out_dir / "model.pte",
+                                                                        report["meta"]["view"]["image_size"])
+            report["files"]["executorch_fp32"] = pte.name
+        except Exception as e:  # noqa: BLE001 - torch.export / XNNPACK lowering raise many types for unsupported graphs
+            unavailable["executorch"] = _first_line(e)
+            say(f"ExecuTorch cannot lower {report['meta']['arch']}, program skipped: {unavailable['executorch']}")
+            executorch = False
+    for name, run in runners.items():
+        diffs = {what: targets.max_abs_diff(model, run, [x]) for what, x in checks.items()}
+        report.setdefault("parity_targets", {})[name] = diffs
+        if not max(diffs.values()) <= tolerance:
+            if name == "executorch_fp32":
+                (out_dir / "model.pte").unlink(missing_ok=True)
+                report["files"].pop("executorch_fp32", None)
+            raise ParityError(f"{name.replace('_', ' ')} of {str(fp32)!r} does not match PyTorch: max abs diff "
+                              + ", ".join(f"{k} {v:.3g}" for k, v in diffs.items()) + f" > tolerance {tolerance:g}")
+        say(f"{name.replace('_', ' ')} matches PyTorch (max abs diff: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + ")")
+        if val is not None and logits is not None and "fp32" in report["accuracy"]:
+            report["accuracy"][name] = targets.runner_accuracy(run, _batches_of(val, 64), logits)
+    if executorch and calib is not None:
+        pte8, run8 = targets.export_executorch(model, out_dir / "model.int8.pte", report["meta"]["view"]["image_size"],
+                                               calibration=[images for images, _ in _batches_of(calib, 16)])
+        report["files"]["executorch_int8"] = pte8.name
+        if val is not None and logits is not None and "fp32" in report["accuracy"]:
+            report["accuracy"]["executorch_int8"] = targets.runner_accuracy(run8, _batches_of(val, 64), logits)
+        say(f"quantized {pte8} (ExecuTorch XNNPACK INT8) on the same {len(calib)} images")
+    if openvino and calib is not None:
+        xml = targets.quantize_openvino(fp32, out_dir / "model.openvino.int8.xml",
+                                        (images for images, _ in _batches_of(calib, 16)))
+        report["files"]["openvino_int8"] = xml.name
+        if val is not None and logits is not None and "fp32" in report["accuracy"]:
+            report["accuracy"]["openvino_int8"] = targets.runner_accuracy(targets.openvino_runner(xml),
+                                                                          _batches_of(val, 64), logits)
+        say(f"quantized {xml} with NNCF on the same {len(calib)} images")
 
 
 def export_command(
@@ -351,6 +429,8 @@ def export_command(
     opset: int = 17,
     tolerance: float = 1e-3,
     prompts: list[str] | None = None,
+    openvino: bool = False,
+    executorch: bool = False,
 ) -> None:
     """Export a trained student and/or a teacher image tower to ONNX (parity-checked), INT8, FP16, TensorRT.
 
@@ -372,13 +452,23 @@ def export_command(
         opset: ONNX opset (>= 17).
         tolerance: largest allowed max-abs difference between ONNX Runtime and PyTorch.
         prompts: extra class prompts whose text embeddings are stored for ``predict --prompts`` (needs ``--teacher``).
+        openvino: also check OpenVINO against PyTorch and, with ``--int8``, write NNCF's INT8 OpenVINO IR
+            (``pip install 'edgedistill[openvino]'``).
+        executorch: also write an XNNPACK ExecuTorch program ``model.pte``, parity-checked
+            (``pip install 'edgedistill[executorch]'``).
     """
+    import importlib.util
+
+    for flag, package in (("openvino", "openvino"), ("executorch", "executorch")):
+        if locals()[flag] and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"--{flag} needs {package}, which is not installed: pip install 'edgedistill[{flag}]'")
     if model is None and teacher is None:
         raise ConfigError("Nothing to export: give a student run directory (model=...) and/or --teacher.kind ...")
     if int8 and teacher is not None and calib_data is None:
         raise ConfigError("--int8 of a teacher needs real calibration images: give --calib_data (e.g. --calib_data.dataset cifar10)")
     kwargs = dict(int8=int8, fp16=fp16, tensorrt=tensorrt, calib_split=calib_split, calib_size=calib_size,
-                  val_split=val_split, opset=opset, tolerance=tolerance, prompts=prompts)
+                  val_split=val_split, opset=opset, tolerance=tolerance, prompts=prompts, openvino=openvino,
+                  executorch=executorch)
     student = qat = None
     if model is not None:  # checked before the teacher is loaded or anything is written
         student = load_student_deploy(model)

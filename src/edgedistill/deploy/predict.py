@@ -195,7 +195,7 @@ def write_predictions(preds: list[dict], errors: list[dict], out: str | os.PathL
 
 def predict_command(
     model: str,
-    inputs: list[str],
+    inputs: list[str] | str,
     top_k: int = 5,
     prompts: list[str] | None = None,
     out: str | None = None,
@@ -205,7 +205,8 @@ def predict_command(
 
     Args:
         model: exported ``.onnx`` file, export directory, student run directory or ``student.safetensors``.
-        inputs: image files, folders (searched recursively) or glob patterns.
+        inputs: image files, folders (searched recursively) or glob patterns: one (``--inputs photo.jpg``), a list
+            (``--inputs '["a.jpg", "b/"]'``) or bare arguments after the model.
         top_k: labels to show per image.
         prompts: new class names/prompts for an embedding model (re-purpose without retraining).
         out: also write predictions to this ``.csv`` or ``.json`` file.
@@ -215,7 +216,7 @@ def predict_command(
         raise ConfigError(f"top_k={top_k} and batch_size={batch_size} must be >= 1")
     if out is not None and Path(out).suffix not in (".csv", ".json"):
         raise ConfigError(f"--out {out!r}: unknown format {Path(out).suffix!r}. Valid: .csv, .json")
-    files, explicit = collect_images(inputs)
+    files, explicit = collect_images([inputs] if isinstance(inputs, str) else list(inputs))
     for f in explicit:  # a file named on the command line must be an image: fail before loading the model
         try:
             decode_image(f)

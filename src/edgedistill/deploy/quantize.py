@@ -57,7 +57,7 @@ def _input_convs(proto) -> list[str]:
 
 
 def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, calib_batches: Iterable[np.ndarray], *,
-                  per_channel: bool = True, keep_stem_fp32: bool = True) -> Path:
+                  per_channel: bool = True, keep_stem_fp32: bool = True, quant_format: str = "qdq") -> Path:
     """INT8 post-training static quantization (QDQ, per-channel weights) with ONNX Runtime.
 
     Runs ``quant_pre_process`` (shape inference + graph optimisation) first, as ONNX Runtime
@@ -70,7 +70,11 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
         per_channel: per-output-channel weight scales (better accuracy for convolutions).
         keep_stem_fp32: leave the convolution that reads the image in FP32. Measured on the demo's
             narrow ResNet18 (AVX2 CPU, no VNNI): quantizing it lost 3.7 points of held-out accuracy
-            (64.1 -> 60.4), keeping it lost none, at about 0.7x the all-INT8 throughput.
+            (64.1 -> 60.4), keeping it lost none, at about 0.7x the all-INT8 throughput. On a VNNI/AMX Xeon the
+            demo's distilled student lost nothing either way, and the FP32 stem made INT8 slower than FP32 (0.64x vs
+            1.21x at batch 8, ``benchmarks/int8.py``): the pool after it runs on a slow path.
+        quant_format: ``qdq`` (QuantizeLinear/DequantizeLinear pairs around float ops, fused by ONNX Runtime) or
+            ``qoperator`` (QLinearConv & co., integer operators in the graph itself).
 
     Returns:
         The written path.
@@ -79,10 +83,14 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    formats = {"qdq": "QDQ", "qoperator": "QOperator"}
+    if quant_format not in formats:
+        raise EdgeDistillError(f"quant_format={quant_format!r} is invalid; valid: {', '.join(formats)}")
     out_path = Path(out_path)
     meta = read_metadata(onnx_path)
     input_name = ort_session(onnx_path).get_inputs()[0].name
     reader = type("Reader", (ArrayCalibrationReader, CalibrationDataReader), {})(calib_batches, input_name)
+    out_path.parent.mkdir(parents=True, exist_ok=True)  # the pre-processed model is written beside it first
     pre = out_path.with_name(f".{out_path.stem}.pre.onnx")
     try:
         with warnings.catch_warnings(), log_at_least():  # per-node notes of the quantizer: not the user's concern
@@ -97,7 +105,8 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
                 quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
         with storage.atomic_path(out_path) as tmp, log_at_least():
             exclude = _input_convs(onnx.load(str(pre))) if keep_stem_fp32 else []
-            quantize_static(str(pre), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+            quantize_static(str(pre), str(tmp), reader, quant_format=getattr(QuantFormat, formats[quant_format]),
+                            per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
             proto = onnx.load(str(tmp))
             set_metadata(proto, dataclasses.replace(meta, precision="int8"))

@@ -227,6 +227,7 @@ class OnnxModel:
 
     def classifier(self, prompts: list[str] | None = None,
                    embed_texts: Callable[[list[str]], np.ndarray] | None = None) -> Classifier:
-        """A :class:`Classifier` over its classes, or over ``prompts`` (stored ones, or new ones embedded by
-        ``embed_texts``: ``predict.load_classifier`` passes the recorded teacher's text tower)."""
+        """A :class:`Classifier` over its classes, or over ``prompts`` (their stored text embeddings; prompts not
+        stored need ``embed_texts``, e.g. ``predict``'s teacher text encoder: the runtime itself knows no teacher)."""
         return make_classifier(self.run, self.meta, self.text, prompts, str(self.path), embed_texts)
+

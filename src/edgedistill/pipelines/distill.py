@@ -47,6 +47,7 @@ from edgedistill.config import (
     from_dict,
 )
 from edgedistill.console import say
+from edgedistill.deploy.card import write_model_card
 from edgedistill.errors import ConfigError
 from edgedistill.pipelines.results import (
     DataSummary,
@@ -340,23 +341,28 @@ def _export(plan: DistillPlan, best_run: Path, out: Path) -> tuple[Path, Path]:
     """Step 4: the chosen student and the teacher as ONNX (FP32 + INT8), reused while their inputs are unchanged."""
     from edgedistill.deploy.export import export_model, load_student_deploy, load_teacher_deploy
 
+    from edgedistill.deploy.engines import RUNTIMES, runtime_available
+
     dep = plan.cfg.deploy
+    # The other deploy targets the race runs, where installed: their files are made (and checked) here.
+    targets = {t: t in dep.runtimes and t in RUNTIMES and runtime_available(t)[0] for t in ("openvino", "executorch")}
     student_dir, teacher_dir = out / "exports" / "student", out / "exports" / "teacher"
-    s_key = {"weights": _stamp([best_run / "student.safetensors"]), "int8": dep.int8, "calib": dep.calib_size}
+    s_key = {"weights": _stamp([best_run / "student.safetensors"]), "int8": dep.int8, "calib": dep.calib_size, **targets}
     if _fresh(student_dir, s_key):
         say(f"reusing {student_dir}")
     else:
         model, meta = load_student_deploy(best_run)
         export_model(model, meta, student_dir, data=plan.data, int8=dep.int8, calib_size=dep.calib_size,
-                     val_split="test" if plan.has_test else "val")
+                     val_split="test" if plan.has_test else "val", **targets)
         storage.write_json(student_dir / "made_from.json", s_key)
     t_key = {"teacher": asdict(replace(plan.teacher, device="cpu", batch_size=1, runtime="torch")), "int8": dep.int8,
-             "calib": dep.calib_size}
+             "calib": dep.calib_size, **targets}
     if _fresh(teacher_dir, t_key):
         say(f"reusing {teacher_dir}")
     else:
         model, meta, _ = load_teacher_deploy(plan.teacher)
-        export_model(model, meta, teacher_dir, data=plan.data, int8=dep.int8, calib_size=dep.calib_size, val_split=None)
+        export_model(model, meta, teacher_dir, data=plan.data, int8=dep.int8, calib_size=dep.calib_size, val_split=None,
+                     **targets)
         storage.write_json(teacher_dir / "made_from.json", t_key)
     return student_dir, teacher_dir
 
@@ -380,8 +386,11 @@ def _bench(plan: DistillPlan, student_dir: Path, teacher_dir: Path, out: Path,
         return storage.read_json(bench_json)
     rows = bench_models(entries, batch_sizes=tuple(dep.batch_sizes), warmup=dep.warmup, iters=dep.iters,
                         runtimes=tuple(dep.runtimes), precisions=("fp32", "int8"), log=say)
+    from edgedistill.deploy.engines import RUNTIMES, runtime_available
+
     notes = [f"tutorial_teacher: open_clip {dep.tutorial_teacher} image tower, random-initialised "
              "(speed does not depend on weights)"] if dep.tutorial_teacher else []
+    notes += [f"{r} not raced: {runtime_available(r)[1]}" for r in dep.runtimes if r in RUNTIMES and not runtime_available(r)[0]]
     bench = write_bench(rows, out / "bench", notes=notes)
     bench["key"] = key
     storage.write_json(bench_json, bench)
@@ -465,6 +474,10 @@ def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = No
     steps.start("report", "report")
     results = _results(plan, grid["rows"], best["name"], evaluation, student_dir, bench, retrieval, out, t0, steps)
     results.write(out / "results.json")
+    write_model_card(student_dir, storage.read_json(student_dir / "export.json"), {
+        "teacher": plan.teacher.describe() + f" at {plan.teacher.image_size} px", "data": dc_asdict(results.data),
+        "held_out": results.export.split, "bench": [r for r in bench["rows"] if r["model"] == "student"],
+        "race": bench.get("race"), "machine": dc_asdict(results.machine), "command": results.command})
     for png in ("accuracy.png", "accuracy_vs_unlabeled.png"):
         storage.write_bytes(out / png, (Path(plan.grid.out_dir) / png).read_bytes())
     storage.write_bytes(out / "bench.png", (out / "bench" / "bench.png").read_bytes())
@@ -507,6 +520,7 @@ def _results(plan: DistillPlan, rows: list[dict], best: str, evaluation: dict | 
         export=ExportSummary(export["files"], export["parity"], export["accuracy"], "test" if plan.has_test else "val",
                              str(student_dir)),
         deploy=[DeployRow.from_row(r) for r in bench["rows"]],
+        race=bench.get("race"),
         elapsed_s=elapsed, step_seconds=steps.done(),  # the report step: until these results were composed
         invocations=_earlier_invocations(out / "results.json") + [Invocation(finished, elapsed)],
         retrieval=None if retrieval is None else RetrievalSummary(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgedistill import storage, tutorial
+from edgedistill.deploy.bench_report import race_lines
 from edgedistill.pipelines.results import DeployRow, DistillResults
 
 
@@ -31,8 +32,8 @@ def resolvable_gap(n: int, p: float = 0.7) -> float:
     return 100 * 1.96 * math.sqrt(2 * p * (1 - p) / max(n, 1))
 
 
-def _race(results: DistillResults) -> dict[tuple[str, str, int], DeployRow]:
-    return {(r.model, r.precision, r.batch): r for r in results.deploy}
+def _race(results: DistillResults, runtime: str = "onnxruntime") -> dict[tuple[str, str, int], DeployRow]:
+    return {(r.model, r.precision, r.batch): r for r in results.deploy if r.runtime == runtime}
 
 
 def headline(results: DistillResults) -> list[str]:
@@ -64,6 +65,8 @@ def headline(results: DistillResults) -> list[str]:
                          f"({st.throughput_ips:.0f} vs {te.throughput_ips:.0f} images/s, teacher in FP32), "
                          + (f"{mem:.1f}x less resident memory" if mem >= 1 else f"{1 / mem:.1f}x **more** resident memory")
                          + f" ({st.peak_mem_mb:.0f} vs {te.peak_mem_mb:.0f} MB).")
+    if results.race:
+        lines += race_lines(results.race)
     if t_params and best.params:
         ratio = t_params / best.params
         lines.append(f"Size: {best.params / 1e6:.2f}M parameters against the teacher's {t_params / 1e6:.2f}M "
@@ -142,17 +145,19 @@ def write_distill_report(results: DistillResults, out_dir: Path, before_accuracy
     if results.evaluation:
         lines += ["", f"Confusion matrix of {results.best_student} on the held-out images:", "",
                   "![confusion matrix](confusion_best_student.png)"]
-    lines += ["", "## Deployment (ONNX Runtime, this machine)", "",
-              "| model | arch | precision | batch | resolution | images/s | latency p50 ms | memory MB | file MB |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "## Deployment (every runtime installed on this machine)", "",
+              "| model | arch | runtime | precision | batch | resolution | images/s | latency p50 ms | memory MB | file MB |",
+              "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in results.deploy:
-        lines.append(f"| {r.model} | {r.arch} | {r.precision} | {r.batch} | {r.resolution} | "
-                     f"{r.throughput_ips:.0f} | {r.latency_ms_p50:.2f} | {r.peak_mem_mb:.0f} | "
-                     f"{r.file_mb:.1f} |")
+        lines.append(f"| {r.model} | {r.arch} | {r.runtime} | {r.precision} | {r.batch} | {r.resolution} | "
+                     f"{r.throughput_ips:.0f} | {r.latency_ms_p50:.2f} | {r.peak_mem_mb:.0f} | {r.file_mb:.1f} |")
     acc = results.export.accuracy
     if acc.get("fp32") is not None and acc.get("int8") is not None:
         lines += ["", f"INT8 (static, calibrated on training images) scores {pct(acc['int8'])} against "
                       f"{pct(acc['fp32'])} in FP32 on the {results.export.split} images (ONNX Runtime)."]
+    if acc.get("openvino_int8") is not None:
+        lines += [f"OpenVINO's INT8 (NNCF, the same calibration images) scores {pct(acc['openvino_int8'])}"
+                  + (f", OpenVINO FP32 {pct(acc['openvino_fp32'])}" if acc.get("openvino_fp32") is not None else "") + "."]
     lines += ["", "Memory is the resident-set growth of a child process that loads and runs only that model. "
               "`tutorial_teacher` is the tutorial's OpenCLIP teacher architecture with random weights (speed and "
               "memory do not depend on them).", "", "![throughput and memory](bench.png)", "", "## What was run", ""]

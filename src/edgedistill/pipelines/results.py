@@ -215,6 +215,9 @@ class DistillResults:
     step_seconds: dict[str, float]
     invocations: list[Invocation] = field(default_factory=list)
     retrieval: RetrievalSummary | None = None
+    race: dict[str, Any] | None = None
+    """The race's verdict (``deploy.bench_report.race_summary``): the fastest runtime for the student, its speed-up
+    over the teacher on that runtime, INT8 vs FP32 per runtime."""
     schema_version: int = RESULTS_SCHEMA
 
     @property
