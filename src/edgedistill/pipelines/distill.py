@@ -108,6 +108,8 @@ class DistillPlan:
     notes: list[str] = field(default_factory=list)
     retrieval: Any = None
     """Zero labels: the checked ``retrieve.RetrievalPlan`` that makes the training images (``data`` is its manifest)."""
+    recipe: Any = None
+    """The planner's ``planner.RecipePlan``: the student, its input size and the budget, and why."""
 
 
 def plan_distill(cfg: DistillConfig) -> DistillPlan:
@@ -144,11 +146,48 @@ def plan_distill(cfg: DistillConfig) -> DistillPlan:
         notes.append("The training images have no labels here: no linear probe and no from-labels baseline; the "
                       f"students distil the {zero_shot} head.")
     shared.train.update(eval_test=has_test, out_dir=str(Path(cfg.out) / "runs"), cache_dir=cfg.cache_dir)
-    grid = _student_grid(cfg, shared, cfg.students, heads, has_labels, gpu, notes, cfg.heads.label_map,
+    students = [replace(r, train=dict(r.train)) for r in cfg.students]  # the planner writes each row's budget
+    trained = [r for r in students if has_labels or {**shared.train, **r.train}.get("target", "labels") != "labels"]
+    recipe = _plan_recipe(cfg, shared, trained, splits, teacher, gpu, notes)
+    grid = _student_grid(cfg, shared, students, heads, has_labels, gpu, notes, cfg.heads.label_map,
                          only=f"this run has only {heads or 'no heads'}; set its train.head to one of them")
     if not has_test:
         notes.append(f"Dataset {data.dataset!r} has no held-out test split: the numbers are validation accuracy.")
-    return DistillPlan(cfg, data, teacher, grid, heads, has_labels, has_test, gpu, notes)
+    return DistillPlan(cfg, data, teacher, grid, heads, has_labels, has_test, gpu, notes, recipe=recipe)
+
+
+def _plan_recipe(cfg: DistillConfig, shared: GridSections, students: list[StudentRow], splits, teacher: TeacherConfig,
+                 gpu: bool, notes: list[str]):
+    """What the user left open, chosen by ``pipelines.planner`` and written into ``shared.train`` and each student row's
+    budget: the student (measured ladder, deployment constraint), its input size, the budget's shares. In place.
+
+    Raises:
+        ConfigError: no candidate meets the deployment constraint (before any other work).
+    """
+    from edgedistill.pipelines.planner import Measurements, plan_recipe, native_size
+
+    rows = []
+    for r in students:
+        train = {**shared.train, **r.train, **(r.gpu if gpu else {})}
+        rows.append((r.name, train.get("target", "labels") == "labels",
+                     train.get("epochs") is not None or train.get("budget_s") is not None,  # its own length
+                     splits.size(train.get("train_split", "train"))))
+    spec = "+".join(s for s in ("train", "unlabeled") if splits.size(s))
+    named = shared.train.get("student")
+    measure = None if named else Measurements(Path(cfg.out) / "plan", teacher, len(splits.classes),
+                                              max(cfg.deploy.batch_sizes), log=lambda m: say(f"[plan] {m}"))
+    recipe = plan_recipe(student=named, image_size=shared.train.get("image_size"), students=rows,
+                         native=native_size(splits, spec), teacher_size=teacher.image_size or 224,
+                         budget_min=cfg.budget, gpu=gpu, dep=cfg.deploy, measurements=measure)
+    if recipe.student is not None:
+        shared.train.update(student=recipe.student.arch, student_kwargs=dict(recipe.student.kwargs),
+                            small_input=recipe.student.small_input)
+    shared.train["image_size"] = recipe.image_size
+    for r in students:
+        if r.name in recipe.shares:
+            r.train = {**r.train, "budget_s": round(recipe.shares[r.name], 1)}
+    notes.extend(recipe.notes)
+    return recipe
 
 
 def _student_grid(cfg: DistillConfig, shared: GridSections, students: list[StudentRow], heads: list[str],
@@ -226,13 +265,16 @@ def _plan_from_prompts(cfg: DistillConfig, shared: GridSections, user: DataConfi
     shared.train.update(eval_test=has_test, out_dir=str(out / "runs"), cache_dir=cfg.cache_dir,
                         head_path=str(rdir / "head"))  # the head the retrieval saved: names, synonyms, templates
     label_map = str(rdir / "label_map.json") if zero_shot == "label_map" else None
+    students = [replace(r, train=dict(r.train)) for r in students]  # the planner writes each row's budget
+    recipe = _plan_recipe(cfg, shared, students, rplan.splits, teacher, gpu, notes)
     grid = _student_grid(cfg, shared, students, [zero_shot], False, gpu, notes, label_map,
                          only=f"a zero-label run has only the {zero_shot!r} head; set its train.head to {zero_shot!r}")
     done = finished_retrieval(rdir)
     if done is not None and done.get("key") != rplan.key and any((out / "runs").glob("*/metrics.json")):
         raise ConfigError(f"{str(out)!r} holds students trained on another retrieval (the prompts, pool, teacher or "
                           f"retrieve settings changed); use another --out, or delete {out / 'runs'} and {rdir}")
-    return DistillPlan(cfg, data, teacher, grid, [zero_shot], False, has_test, gpu, notes, retrieval=rplan)
+    return DistillPlan(cfg, data, teacher, grid, [zero_shot], False, has_test, gpu, notes, retrieval=rplan,
+                       recipe=recipe)
 
 
 def _score_prompt_head(plan: DistillPlan, rows: list[dict]) -> None:
@@ -445,6 +487,7 @@ def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = No
         "elapsed_s": round(time.time() - t0, 1),
         "step_seconds": steps.done(),  # the report step: until these results were composed
     }
+    results.update(_plan_results(plan, metrics))
     results["invocations"] = _earlier_invocations(out / "results.json") + [
         {"finished": results["finished"], "elapsed_s": results["elapsed_s"]}]
     if retrieval is not None:
@@ -461,6 +504,17 @@ def run_distill(cfg: DistillConfig, *, tutorial_teacher_config: dict | None = No
     print(f"report: {report}")
     print(f"deployed student: {student_dir} (edgedistill predict {student_dir} IMAGES...)")
     return results
+
+
+def _plan_results(plan: DistillPlan, metrics: dict[str, dict]) -> dict:
+    """``results.json``'s account of the plan: what the planner chose and measured, and each student's budget."""
+    from edgedistill.pipelines.planner import candidates_table
+
+    if plan.recipe is None:
+        return {}
+    budgets = {name: {k: m.get(k) for k in ("budget_s", "budget_epochs", "budget_step_s", "epochs_completed",
+                                            "elapsed_s")} for name, m in metrics.items() if m.get("budget_s")}
+    return {"plan": {**plan.recipe.to_dict(), "table": candidates_table(plan.recipe), "budgets": budgets}}
 
 
 def _counts(data: DataConfig) -> dict:

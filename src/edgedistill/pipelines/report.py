@@ -72,7 +72,7 @@ def headline(results: dict) -> list[str]:
     if t_params and best.get("params"):
         ratio = t_params / best["params"]
         lines.append(f"Size: {best['params'] / 1e6:.2f}M parameters against the teacher's {t_params / 1e6:.2f}M "
-                     f"({ratio:.1f}x {'fewer' if ratio >= 1 else 'more'}).")
+                     + (f"({ratio:.1f}x fewer)." if ratio >= 1 else f"({1 / ratio:.1f}x **more**)."))
     return lines
 
 
@@ -95,6 +95,23 @@ def _story(results: dict) -> list[str]:
                    f"{s['n_unlabeled']:,} unlabeled images, {s['epochs']} epochs, "
                    f"{(s['train_s'] or 0) / 60:.1f} min at {s['images_per_s'] or 0:.0f} images/s.")
     return out
+
+
+def plan_section(results: dict) -> list[str]:
+    """The report's plan: the candidates the planner measured (kept or not, and why) and each student's budget."""
+    plan = results.get("plan")
+    if not plan:
+        return []
+    out = ["## Plan", ""]
+    if plan.get("table"):
+        out += [f"Student candidates, each measured on ONNX Runtime (FP32, batch {plan['deploy_batch']} and batch 1) "
+                "in its own child process and for a few training steps; the planner's rule is in "
+                "`edgedistill/pipelines/planner.py`:", "", plan["table"], ""]
+    for name, b in (plan.get("budgets") or {}).items():
+        step = f", {1000 * b['budget_step_s']:.0f} ms per step" if b.get("budget_step_s") else ""
+        out.append(f"- `{name}`: a budget of {b['budget_s'] / 60:.1f} min{step}: {b['budget_epochs']} epochs planned, "
+                   f"{b['epochs_completed']} trained in {b['elapsed_s'] / 60:.1f} min.")
+    return out + [""]
 
 
 def _timing(results: dict) -> str:
@@ -127,7 +144,7 @@ def write_distill_report(results: dict, out_dir: Path, before_accuracy: list[str
     if results.get("step_seconds"):
         lines += ["", "Seconds per step of this invocation: " + ", ".join(
             f"{name} {sec:.0f}" for name, sec in results["step_seconds"].items()) + "."]
-    lines += [""] + (before_accuracy or []) + [
+    lines += [""] + plan_section(results) + (before_accuracy or []) + [
               "## Accuracy", "", f"| model | trained on | val acc | {held or 'held-out'} acc | % of teacher |",
               "|---|---|---:|---:|---:|"]
     heads = results["teacher"]["heads"]
