@@ -65,14 +65,14 @@ def test_planner_choice_on_injected_measurements() -> None:
     # widths 48 and 64 have more params than the teacher; 40 has 2.7x the teacher's throughput (< 3x)
     assert not rows["resnet18"].kept and "params" in rows["resnet18"].why
     assert not rows["resnet18 (channels 40-320)"].kept and "< 3x" in rows["resnet18 (channels 40-320)"].why
-    # Kept: widths 16-32 and the small ones; the budget (kd: 1/1.5 of 6 min = 240 s) gives width 32
-    # 240 * 2250 / 8000 = 67 epochs >= MIN_EPOCHS, and it has the most MFLOPs: chosen.
+    # Kept: widths 16-32 and the small ones; the budget (kd: 8/9 of 6 min = 320 s) gives width 32
+    # 320 * 2250 / 8000 = 90 epochs >= MIN_EPOCHS, and it has the most MFLOPs: chosen.
     assert plan.student.kwargs == {"channels": [32, 64, 128, 256]} and plan.student.small_input
     assert rows["resnet18 (channels 32-256)"].why.startswith("chosen")
-    assert plan.shares == pytest.approx({"scratch": 120.0, "kd": 240.0})  # the baseline: half a share
+    assert plan.shares == pytest.approx({"scratch": 40.0, "kd": 320.0})  # the baseline: half a share
     assert "| resnet18 (channels 32-256) (small-input stem) | 2.75M |" in planner.candidates_table(plan)
 
-    # A tight budget: width 32 gets 1.4 epochs, width 24 below MIN_EPOCHS too; the most epochs wins: width 16.
+    # A tight budget: width 32 gets 3.7 epochs, width 24 below MIN_EPOCHS too; the most epochs wins: width 16.
     tight = _plan(FakeMeasurements(_table()), budget_min=0.25)
     assert tight.student.kwargs == {"channels": [16, 32, 64, 128]}
     # A user constraint on parameters drops every ResNet above 1M.
@@ -85,6 +85,14 @@ def test_impossible_constraint_is_refused_naming_the_fastest() -> None:
                                           r"0\.001.*the fastest measured, resnet18 \(channels 16-128\), runs 20000 "
                                           r"images/s"):
         _plan(FakeMeasurements(_table()), dep=DeploySettings(max_latency_ms=0.001))
+
+
+def test_budget_shares() -> None:
+    assert planner.share_budget(100.0, [("a", False, 300), ("b", False, 100)]) == pytest.approx({"a": 75, "b": 25})
+    # a baseline on 1,000 of 45,000 images: its 2% is raised to the 10% floor, the rest shared by images
+    got = planner.share_budget(100.0, [("scratch", True, 1000), ("kd", False, 44000)])
+    assert got == pytest.approx({"scratch": 10.0, "kd": 90.0})
+    assert planner.share_budget(100.0, [("scratch", True, 10)]) == {"scratch": 100.0}
 
 
 def test_named_student_size_and_epochs_are_obeyed() -> None:
@@ -119,7 +127,8 @@ def test_distill_obeys_a_named_student_and_epochs(tmp_path: Path) -> None:
                           budget=1.5)
     plan = plan_distill(open_epochs)
     budgets = {row.name: plan.grid.configs(row)[2].budget_s for row in plan.grid.runs}
-    assert budgets == {"scratch": 30.0, "kd": 60.0}
+    # 21 labelled training images against 33 for kd: shares by image count (scratch above its 10% floor)
+    assert budgets == {"scratch": 35.0, "kd": 55.0}
 
 
 def test_impossible_constraint_is_refused_by_distill_before_any_work(tmp_path: Path, monkeypatch) -> None:
@@ -170,3 +179,16 @@ def test_budget_is_honoured_on_a_short_run(tmp_path: Path) -> None:
     assert wall < budget + 10  # setup and the final write are outside the budget, and short
     # The schedule was laid out to the planned epochs: the learning rate ends near 0.
     assert m["history"][-1]["lr"] < 0.05 * 0.05
+
+
+def test_report_says_when_a_slower_machine_got_a_smaller_schedule() -> None:
+    from edgedistill.pipelines.report import plan_section
+
+    kd = {"budget_s": 300.0, "budget_epochs": 5, "budget_step_s": 0.1, "epochs_completed": 5, "elapsed_s": 290.0,
+          "reference_epochs": 12}
+    slow = "\n".join(plan_section({"plan": {"table": "", "deploy_batch": 8, "budgets": {"kd": kd}}}))
+    assert "`kd`: a budget of 5.0 min, 100 ms per step: 5 epochs planned, 5 trained" in slow
+    assert "A smaller schedule than on the machine this recipe was tuned on (12 epochs there)" in slow
+    fast = "\n".join(plan_section({"plan": {"table": "", "deploy_batch": 8,
+                                            "budgets": {"kd": {**kd, "epochs_completed": 14}}}}))
+    assert "smaller schedule" not in fast and "trained 12 epochs in this budget" in fast

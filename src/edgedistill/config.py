@@ -662,6 +662,9 @@ class StudentRow:
     """TrainConfig values of this student when a CUDA GPU is present (a larger budget, e.g. ``{epochs: 30}``)."""
     note: str = ""
     """Free text, shown in the report."""
+    reference_epochs: int | None = None
+    """Epochs this student's budget bought on the machine the recipe was tuned on (the demo's); the report says when
+    this machine's budget gave fewer."""
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -753,9 +756,10 @@ class DistillConfig:
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     """How images are retrieved from the pool (with ``prompts`` and ``pool``)."""
     budget: float | None = None
-    """Wall-clock minutes for training the students, shared out between them (a from-labels baseline gets half a
-    distilled student's share); a student whose ``epochs`` are given trains those instead. None: 6 on a CPU (distill on
-    ~10k images then takes about 10 minutes on 2 cores), 20 with a CUDA GPU."""
+    """Wall-clock minutes for training the students, shared in proportion to each one's training images (a
+    from-labels baseline at least a tenth); each trains as many epochs as its measured step time allows. A student
+    whose ``epochs`` (or ``budget_s``) are given trains those instead. None: 5.5 on a CPU (distill on ~10k images then
+    takes about 10 minutes on 2 cores), 20 with a CUDA GPU."""
 
     def __post_init__(self) -> None:
         require(self.budget is None or self.budget > 0, "distill", "budget", self.budget, "it must be > 0 minutes or null")

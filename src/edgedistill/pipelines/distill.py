@@ -156,6 +156,10 @@ def plan_distill(cfg: DistillConfig) -> DistillPlan:
     return DistillPlan(cfg, data, teacher, grid, heads, has_labels, has_test, gpu, notes, recipe=recipe)
 
 
+SMALL_PAD_CROP_MAX = 64
+"""A planned student at most this many pixels wide trains with pad-and-crop (see :func:`_plan_recipe`)."""
+
+
 def _plan_recipe(cfg: DistillConfig, shared: GridSections, students: list[StudentRow], splits, teacher: TeacherConfig,
                  gpu: bool, notes: list[str]):
     """What the user left open, chosen by ``pipelines.planner`` and written into ``shared.train`` and each student row's
@@ -182,6 +186,14 @@ def _plan_recipe(cfg: DistillConfig, shared: GridSections, students: list[Studen
     if recipe.student is not None:
         shared.train.update(student=recipe.student.arch, student_kwargs=dict(recipe.student.kwargs),
                             small_input=recipe.student.small_input)
+        t = shared.train
+        if recipe.image_size <= SMALL_PAD_CROP_MAX and t.get("aug", True) and not t.get("pad_crop") and \
+                t.get("views") is None and not t.get("online_teacher") and t.get("pixel_cache", True):
+            # Small images: CIFAR's pad-and-crop (4 px) instead of random-resized crops, whose cached plain-view
+            # targets would describe another image than the crop; the demo's recipe.
+            t["pad_crop"] = 4
+            notes.append("Augmentation: pad-and-crop by up to 4 px and flips (small images; the cached teacher targets "
+                         "of the whole image still describe the shifted view, unlike random-resized crops).")
     shared.train["image_size"] = recipe.image_size
     for r in students:
         if r.name in recipe.shares:
@@ -512,8 +524,10 @@ def _plan_results(plan: DistillPlan, metrics: dict[str, dict]) -> dict:
 
     if plan.recipe is None:
         return {}
-    budgets = {name: {k: m.get(k) for k in ("budget_s", "budget_epochs", "budget_step_s", "epochs_completed",
-                                            "elapsed_s")} for name, m in metrics.items() if m.get("budget_s")}
+    reference = {r.name: r.reference_epochs for r in plan.cfg.students}
+    budgets = {name: {**{k: m.get(k) for k in ("budget_s", "budget_epochs", "budget_step_s", "epochs_completed",
+                                               "elapsed_s")}, "reference_epochs": reference.get(name)}
+               for name, m in metrics.items() if m.get("budget_s")}
     return {"plan": {**plan.recipe.to_dict(), "table": candidates_table(plan.recipe), "budgets": budgets}}
 
 

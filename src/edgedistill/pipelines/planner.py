@@ -39,13 +39,13 @@ SMALL_IMAGE = 64
 MIN_EPOCHS = 20
 """Passes over the distilled student's training images that the budget must allow for a larger candidate to be
 preferred (see the rule above; benchmarks/recipes.py)."""
-CPU_BUDGET_MIN = 6.0
+CPU_BUDGET_MIN = 5.5
 """Default ``--budget`` on a CPU, minutes: distill on ~10k images then takes about 10 minutes on 2 cores."""
 GPU_BUDGET_MIN = 20.0
 """Default ``--budget`` with a CUDA GPU, minutes."""
-BASELINE_SHARE = 0.5
-"""A from-labels baseline's share of the budget relative to a distilled student's (it trains on the labelled images
-only; half a share gives it several times the distilled student's epochs, so it is not starved)."""
+BASELINE_MIN_SHARE = 0.1
+"""The smallest fraction of the budget a from-labels baseline gets (it trains on the labelled images only, so its
+share by image count can be a few percent: a floor keeps it from being starved of epochs)."""
 
 
 @dataclass(frozen=True)
@@ -228,16 +228,21 @@ def choose(candidates: list[tuple[Candidate, Measured]], teacher: Measured, dep:
     return best.candidate, rows, why
 
 
-def share_budget(budget_s: float, students: list[tuple[str, bool]]) -> dict[str, float]:
-    """Each budgeted student's seconds: a distilled student one share, a from-labels baseline ``BASELINE_SHARE``.
+def share_budget(budget_s: float, students: list[tuple[str, bool, int]]) -> dict[str, float]:
+    """Each budgeted student's seconds, in proportion to its training images (each gets about as many passes over
+    its own images); a from-labels baseline at least ``BASELINE_MIN_SHARE`` of the budget when others share it.
 
     Args:
         budget_s: the students' training budget.
-        students: (name, learns from labels) of each student that trains to the budget.
+        students: (name, learns from labels, training images per epoch) of each student that trains to the budget.
     """
-    weights = {name: BASELINE_SHARE if labels else 1.0 for name, labels in students}
-    total = sum(weights.values()) or 1.0
-    return {name: budget_s * w / total for name, w in weights.items()}
+    total = sum(n for _, _, n in students) or 1
+    share = {name: n / total for name, _, n in students}
+    if len(students) > 1:
+        floor = {name: BASELINE_MIN_SHARE for name, labels, _ in students if labels and share[name] < BASELINE_MIN_SHARE}
+        rest = sum(share[n] for n in share if n not in floor) or 1.0
+        share = {n: floor.get(n, share[n] * (1.0 - sum(floor.values())) / rest) for n in share}
+    return {name: budget_s * f for name, f in share.items()}
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -411,16 +416,17 @@ def plan_recipe(*, student: str | None, image_size: int | None, students: list[t
                                                  f"{SMALL_IMAGE} px counts as small, so no upscaling)" if small else
                                                  f"the smaller of the images' ({native} px) and the teacher's "
                                                  f"({teacher_size} px)"))
-    budgeted = [(n, labels) for n, labels, own_epochs, _ in students if not own_epochs]
+    budgeted = [(n, labels, k) for n, labels, own_epochs, k in students if not own_epochs]
     budget_s = None
     if budgeted:
         minutes = budget_min if budget_min is not None else default_budget_min(gpu)
         budget_s = 60.0 * minutes
         notes.append(f"Budget: {minutes:g} min of training for {len(budgeted)} student(s)"
                      + ("" if budget_min is not None else f" (the default on a {'GPU' if gpu else 'CPU'})")
-                     + "; each trains as many epochs as its measured step time allows, the cosine schedule ending "
-                       "inside its share" + (f" (a from-labels baseline gets {BASELINE_SHARE:g} of a distilled "
-                                             "student's share)" if any(lb for _, lb in budgeted) else ""))
+                     + "; shared in proportion to each student's training images"
+                     + (f" (a from-labels baseline at least {BASELINE_MIN_SHARE:.0%})" if any(lb for _, lb, _ in budgeted)
+                        else "") + "; each trains as many epochs as its measured step time allows, the cosine "
+                                   "schedule ending inside its share")
     shares = share_budget(budget_s, budgeted) if budget_s else {}
     own = [n for n, _, own_epochs, _ in students if own_epochs]
     if own:

@@ -109,8 +109,13 @@ def plan_section(results: dict) -> list[str]:
                 "`edgedistill/pipelines/planner.py`:", "", plan["table"], ""]
     for name, b in (plan.get("budgets") or {}).items():
         step = f", {1000 * b['budget_step_s']:.0f} ms per step" if b.get("budget_step_s") else ""
+        ref = b.get("reference_epochs")
+        slower = (f" **A smaller schedule than on the machine this recipe was tuned on ({ref} epochs there): this "
+                  "machine trains more slowly, so the budget buys fewer epochs.**"
+                  if ref and b["epochs_completed"] < ref else
+                  (f" The tuned recipe's machine trained {ref} epochs in this budget." if ref else ""))
         out.append(f"- `{name}`: a budget of {b['budget_s'] / 60:.1f} min{step}: {b['budget_epochs']} epochs planned, "
-                   f"{b['epochs_completed']} trained in {b['elapsed_s'] / 60:.1f} min.")
+                   f"{b['epochs_completed']} trained in {b['elapsed_s'] / 60:.1f} min.{slower}")
     return out + [""]
 
 
