@@ -154,7 +154,22 @@ def test_measured_candidate_is_real(tmp_path: Path) -> None:
     """One real measurement: an ONNX export raced in a child process, parameters and FLOPs counted."""
     m = planner.measure_candidate(Candidate("r", "resnet18", {"channels": [8, 16, 32, 64]}, True), 16, 3, 2, tmp_path)
     assert 150_000 < m.params < 200_000 and m.mflops > 1 and m.images_per_s > 0 and m.latency_ms > 0
-    assert m.train_images_per_s > 0 and not list(tmp_path.glob("*.onnx"))
+    assert m.train_images_per_s > 0 and not list(tmp_path.glob("*.onnx")) and m.teacher_images_per_s is None
+    # paired with a teacher race: here the candidate itself stands in for the teacher's file
+    from edgedistill.deploy.export import DeployModel, export_onnx
+    from edgedistill.deploy.runtime import DeployMeta
+    from edgedistill.data.views import student_view
+    from edgedistill.students import create_student
+
+    t = tmp_path / "t.onnx"
+    export_onnx(DeployModel(create_student("resnet18", 3, kwargs={"channels": [8, 8, 8, 8]}).eval(), None, ("logits",)),
+                t, meta=DeployMeta(role="teacher", arch="t", outputs=["logits"], view=student_view(16).to_dict()))
+    paired = planner.measure_candidate(Candidate("r", "resnet18", {"channels": [8, 16, 32, 64]}, True), 16, 3, 2,
+                                       tmp_path, teacher_onnx=(t, 16))
+    assert paired.teacher_images_per_s > 0
+    slow_teacher = Measured(**{**paired.__dict__, "teacher_images_per_s": paired.images_per_s / 2})
+    assert planner.check_constraint(slow_teacher, TEACHER, DeploySettings(min_speedup=1.9))[0]  # the pair's ratio
+    assert not planner.check_constraint(slow_teacher, TEACHER, DeploySettings(min_speedup=2.1))[0]
     over = planner.measure_candidate(Candidate("r", "resnet18", {"channels": [8, 16, 32, 64]}, True), 16, 3, 2,
                                      tmp_path, max_params=100_000)  # too large to keep: counted, not raced
     assert over.params == m.params and over.images_per_s is None
