@@ -163,8 +163,9 @@ class TimeBudget(Callback):
     After ``measure_steps`` steps (the first ``skip`` are not timed: allocations, caches) the seconds per step give
     the epochs that fit in what is left of ``budget_s``, counted from the start of the fit (earlier sessions of a
     resumed run included); the cosine schedule's length is set to those epochs, so it reaches 0 at the end. At the
-    end of the first epoch the estimate is redone with the epoch's measured time including validation and the
-    checkpoint. The epochs are a multiple of ``val_every`` (the last one is validated), at least ``val_every``.
+    end of each epoch the estimate is redone with the measured epoch time including validation and the
+    checkpoint (the mean of the last three after the first). The epochs are a multiple of ``val_every`` (the last
+    one is validated), at least ``val_every``.
     What was planned goes into ``summary`` (metrics.json): ``budget_s``, ``budget_epochs``, ``budget_step_s``.
     """
 
@@ -176,7 +177,7 @@ class TimeBudget(Callback):
         self._t_skip: float | None = None
         self._epoch_t0 = 0.0
         self._steps_in_session = 0
-        self._replanned = False
+        self._epoch_times: list[float] = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_t0 = time.perf_counter()
@@ -190,9 +191,11 @@ class TimeBudget(Callback):
             self._plan(trainer, step_s * self.steps_per_epoch, (batch_idx + 1) / self.steps_per_epoch, step_s)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._replanned:  # the first epoch of this session, measured whole (validation runs before this hook)
-            self._replanned = True
-            self._plan(trainer, time.perf_counter() - self._epoch_t0, 1.0, self.summary.get("budget_step_s"))
+        # Re-planned after every epoch with its measured time (validation runs before this hook, so it counts): the
+        # first epoch's allocations, or a load that comes and goes on a shared machine, move the end accordingly.
+        self._epoch_times.append(time.perf_counter() - self._epoch_t0)
+        recent = self._epoch_times[1:][-3:] or self._epoch_times  # the first epoch is slower (allocations)
+        self._plan(trainer, sum(recent) / len(recent), 1.0, self.summary.get("budget_step_s"))
 
     def _plan(self, trainer: L.Trainer, epoch_s: float, done: float, step_s: float | None) -> None:
         """Set the epochs and the schedule's length: the current epoch is ``done`` (a fraction) through."""
