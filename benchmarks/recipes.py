@@ -88,6 +88,7 @@ def run(folder: Path, out: Path, budget_min: float, views: bool) -> dict:
 
     raw = {
         "name": f"recipes-{folder.name}", "out": str(out),
+        "cache_dir": str(out / "cache"),  # its own: a cache keyed by folder name would collide across folders
         "data": {"dataset": "imagefolder", "root": str(folder), "unlabeled": [str(folder / "extra")],
                  "val_fraction": 0.2, "seed": 0},
         "teacher": {"kind": "efficientnet_lite0", "image_size": 96, "runtime": "onnxruntime", "processes": 2},
