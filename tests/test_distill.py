@@ -171,6 +171,8 @@ def test_packaged_demo_config_loads_and_is_the_demo_command():
     assert cfg.data.dataset == "demo" and cfg.teacher.kind == "efficientnet_lite0" and cfg.teacher.runtime == "onnxruntime"
     targets = {r.name: {**cfg.train.__dict__, **r.train}["target"] for r in cfg.students}
     assert "labels" in targets.values() and "logits" in targets.values()
+    # the demo's length is its time budget: no student has an epoch count
+    assert cfg.budget > 0 and not any("epochs" in r.train or r.gpu for r in cfg.students)
 
 
 def test_demo_command_runs_the_packaged_config(tmp_path, monkeypatch):
@@ -189,7 +191,10 @@ def test_demo_command_runs_the_packaged_config(tmp_path, monkeypatch):
 def test_gpu_budget_applies_only_with_cuda_and_is_noted(monkeypatch):
     import torch
 
-    cfg = from_dict(DistillConfig, yaml.safe_load(demo_config_path().read_text()), "demo.yaml")
+    raw = yaml.safe_load(demo_config_path().read_text())
+    raw["students"] = [{**r, "train": {**r["train"], "epochs": e}, "gpu": {"epochs": g}}
+                       for r, e, g in zip(raw["students"], (30, 6), (100, 30))]
+    cfg = from_dict(DistillConfig, raw, "demo.yaml")
     for cuda, epochs in ((False, {"scratch": 30, "kd": 6}), (True, {"scratch": 100, "kd": 30})):
         monkeypatch.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
         plan = plan_distill(cfg)

@@ -43,6 +43,13 @@ Schedule = Literal["cosine", "constant"]
 Accelerator = Literal["auto", "cpu", "gpu", "cuda"]
 SearchKind = Literal["auto", "exact", "faiss"]
 
+DEFAULT_STUDENT = "resnet18"
+"""The student of ``train`` and ``run`` when none is named (distill plans its own)."""
+DEFAULT_IMAGE_SIZE = 96
+"""The student's input size of ``train`` and ``run`` when none is named."""
+DEFAULT_EPOCHS = 10
+"""Epochs of ``train`` and ``run`` when neither epochs nor a budget is given."""
+
 CACHED_CROP_SCALE: tuple[float, float] = (0.35, 1.0)
 """Crop-area range of the cached augmented views (``cache --views K``), and the default of training crops."""
 
@@ -355,8 +362,9 @@ class TrainConfig:
 
     section: ClassVar[str] = "train"
 
-    student: str = "resnet18"
-    """timm model name of the student (``timm.list_models()``)."""
+    student: str | None = None
+    """timm model name of the student (``timm.list_models()``); None: chosen by distill's planner (a ladder of
+    candidates measured on the deploy runtime), ``resnet18`` for ``train`` and ``run``."""
     student_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra arguments of ``timm.create_model`` for the student, e.g. ``{channels: [32, 64, 128, 256]}`` (a narrow ResNet)."""
     small_input: bool = False
@@ -374,8 +382,9 @@ class TrainConfig:
     """Splits to train on, joined with '+', e.g. ``train+unlabeled``."""
     val_split: str = "val"
     """Split that selects the best checkpoint (validation accuracy); never the test split."""
-    image_size: int = 96
-    """Student input resolution in pixels."""
+    image_size: int | None = None
+    """Student input resolution in pixels; None: chosen by distill's planner (the images' native size when they are
+    small), 96 for ``train`` and ``run``."""
     mean: list[float] | None = None
     """Student input normalisation mean (3 values); None: ImageNet's. The tutorial used 0.5."""
     std: list[float] | None = None
@@ -423,8 +432,11 @@ class TrainConfig:
     """Linear warmup length in epochs (fractions allowed), applied per step."""
     schedule: str = choice(Schedule, "cosine")
     """Learning-rate schedule after warmup: cosine (to 0) or constant."""
-    epochs: int = 10
-    """Number of epochs."""
+    epochs: int | None = None
+    """Number of epochs, always obeyed when given; None: as many as ``budget_s`` allows, else 10."""
+    budget_s: float | None = None
+    """Wall-clock seconds for this student's training when ``epochs`` is None: the step time is measured on the first
+    steps, then the epochs are set so the cosine schedule ends inside the budget (distill: its share of ``--budget``)."""
     val_every: int = 1
     """Validate (and save checkpoints) every this many epochs; it must divide ``epochs``, so the last one counts. Short
     epochs of a few labeled images spend more time validating and saving than training otherwise."""
@@ -467,12 +479,17 @@ class TrainConfig:
             v = getattr(self, flag)
             need(v is None or (len(v) == 3 and (flag == "mean" or min(v) > 0)), flag,
                  "give 3 values (one per RGB channel; std > 0) or null")
-        for flag in ("image_size", "epochs", "batch_size", "devices", "num_nodes", "val_every"):
+        for flag in ("image_size", "epochs"):
+            need(getattr(self, flag) is None or getattr(self, flag) >= 1, flag, "it must be >= 1 or null")
+        for flag in ("batch_size", "devices", "num_nodes", "val_every"):
             need(getattr(self, flag) >= 1, flag, "it must be >= 1")
-        need(self.epochs % self.val_every == 0, "val_every", f"it must divide train.epochs={self.epochs}")
+        need(self.budget_s is None or self.budget_s > 0, "budget_s", "it must be > 0 seconds or null")
+        need(self.epochs is None or self.epochs % self.val_every == 0, "val_every",
+             f"it must divide train.epochs={self.epochs}")
         need(self.views is None or self.views >= 1, "views", "it must be >= 1 or null")
         need(0.0 < self.min_crop <= 1.0, "min_crop", "it must be in (0, 1]")
-        need(0 <= self.pad_crop < self.image_size, "pad_crop", f"it must be in [0, image_size={self.image_size})")
+        need(0 <= self.pad_crop < (self.image_size or DEFAULT_IMAGE_SIZE), "pad_crop",
+             f"it must be in [0, image_size={self.image_size})")
         need(self.pad_crop == 0 or (self.views is None and not self.online_teacher and self.pixel_cache), "pad_crop",
              "pad-and-crop works on the pixel input path only (no cached views, no online teacher, pixel_cache=true)")
         need(self.views is None or self.min_crop == CACHED_CROP_SCALE[0], "min_crop",
@@ -494,7 +511,13 @@ class TrainConfig:
         """The run directory name: ``name`` or ``<student>-<target>[-<head>]``."""
         if self.name:
             return self.name
-        return f"{self.student}-{self.target}" + ("" if self.target == "labels" else f"-{self.head}")
+        return f"{self.student or DEFAULT_STUDENT}-{self.target}" + ("" if self.target == "labels" else f"-{self.head}")
+
+    def resolved(self) -> TrainConfig:
+        """This config with what was left to a planner filled by the plain defaults: ``resnet18``, 96 px, and 10
+        epochs unless a budget sets them (what ``train`` and ``run`` train when nothing is named)."""
+        return replace(self, student=self.student or DEFAULT_STUDENT, image_size=self.image_size or DEFAULT_IMAGE_SIZE,
+                       epochs=self.epochs if self.epochs is not None or self.budget_s else DEFAULT_EPOCHS)
 
 
 RECORD_IGNORED = ("resume", "num_workers", "out_dir", "cache_dir", "head_path", "val_every")
@@ -739,6 +762,9 @@ class StudentRow:
     """TrainConfig values of this student when a CUDA GPU is present (a larger budget, e.g. ``{epochs: 30}``)."""
     note: str = ""
     """Free text, shown in the report."""
+    reference_epochs: int | None = None
+    """Epochs this student's budget bought on the machine the recipe was tuned on (the demo's); the report says when
+    this machine's budget gave fewer."""
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -769,9 +795,22 @@ class DeploySettings:
     reason). The race's OpenVINO INT8 (NNCF) and ExecuTorch files are exported for the runtimes listed and installed."""
     tutorial_teacher: str | None = DEFAULT_OPENCLIP_MODEL
     """Also race this open_clip image tower (random-init: speed does not depend on weights), the tutorial's teacher."""
+    min_speedup: float = 3.0
+    """Planner constraint: a candidate student must run at least this many times the teacher's FP32 throughput at
+    the deploy batch (the largest of ``batch_sizes``), on ONNX Runtime. Fewer parameters and less resident memory
+    than the teacher are required too, unless ``max_params`` says otherwise."""
+    max_latency_ms: float | None = None
+    """Planner constraint: the largest median batch-1 latency (ms, ONNX Runtime FP32) a candidate may have; None: none."""
+    max_params: int | None = None
+    """Planner constraint: the most parameters a candidate may have; None: fewer than the teacher's."""
 
     def __post_init__(self) -> None:
         check_choices(self)
+        require(self.min_speedup > 0, "deploy", "min_speedup", self.min_speedup, "it must be > 0")
+        require(self.max_latency_ms is None or self.max_latency_ms > 0, "deploy", "max_latency_ms",
+                self.max_latency_ms, "it must be > 0 ms or null")
+        require(self.max_params is None or self.max_params >= 1, "deploy", "max_params", self.max_params,
+                "it must be >= 1 or null")
         require(self.calib_size >= 1, "deploy", "calib_size", self.calib_size, "it must be >= 1")
         require(bool(self.batch_sizes) and min(self.batch_sizes) >= 1, "deploy", "batch_sizes", self.batch_sizes,
                 "give batch sizes >= 1")
@@ -818,6 +857,12 @@ class DistillConfig:
     students; its labels are used for nothing else. None: no accuracy against real labels."""
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     """How images are retrieved from the pool (with ``prompts`` and ``pool``)."""
+    budget: float | None = None
+    """Wall-clock minutes for training the students, shared in proportion to each one's training images (a
+    from-labels baseline at least a tenth); each trains as many epochs as its measured step time allows. A student
+    whose ``epochs`` (or ``budget_s``) are given trains those instead. None: 5.5 on a CPU (distill on ~10k images then
+    takes about 10 minutes on 2 cores), 20 with a CUDA GPU."""
+
     plugins: list[str] = field(default_factory=list)
     """Modules imported first, which register teachers, heads, losses, datasets or templates (``registry``): module
     names importable from ``sys.path`` or paths of ``.py`` files. Installed packages can instead declare the entry
@@ -826,6 +871,7 @@ class DistillConfig:
     def __post_init__(self) -> None:
         self.plugins = check_plugins(self.plugins, "distill")
         load_plugins(self.plugins)
+        require(self.budget is None or self.budget > 0, "distill", "budget", self.budget, "it must be > 0 minutes or null")
         if isinstance(self.pool, str):
             self.pool = [self.pool]
         if (self.prompts is None) != (not self.pool):
@@ -904,7 +950,7 @@ class OptimizeConfig:
 
 
 __all__ = [
-    "CACHED_CROP_SCALE", "Choices", "DEFAULT_CACHE_DIR", "DEFAULT_DATA_DIR", "DataConfig", "DeploySettings", "DistillConfig",
+    "CACHED_CROP_SCALE", "Choices", "DEFAULT_CACHE_DIR", "DEFAULT_DATA_DIR", "DEFAULT_EPOCHS", "DEFAULT_IMAGE_SIZE", "DEFAULT_STUDENT", "DataConfig", "DeploySettings", "DistillConfig",
     "GridConfig", "GridRow", "GridSections", "GridTeacher", "HeadsConfig", "OptimizeConfig", "RECORD_IGNORED", "RetrieveConfig",
     "StudentRow", "TeacherConfig", "TrainConfig", "asdict", "check_choices", "check_plugins", "choice", "from_dict",
     "load_config", "load_sections", "read_yaml", "registry_fields", "replace", "require", "split_names",

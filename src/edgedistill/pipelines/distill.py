@@ -125,6 +125,8 @@ class DistillPlan:
     """Zero labels: the checked ``retrieve.RetrievalPlan`` that makes the training images (``data`` is its manifest)."""
     teacher_params: int | None = None
     """The teacher's parameter count (it is built once at plan time, to choose its zero-shot head)."""
+    recipe: Any = None
+    """The planner's ``planner.RecipePlan``: the student, its input size and the budget, and why."""
 
 
 def plan_distill(cfg: DistillConfig) -> DistillPlan:
@@ -161,12 +163,63 @@ def plan_distill(cfg: DistillConfig) -> DistillPlan:
         notes.append("The training images have no labels here: no linear probe and no from-labels baseline; the "
                       f"students distil the {zero_shot} head.")
     shared.train.update(eval_test=has_test, out_dir=str(Path(cfg.out) / "runs"), cache_dir=cfg.cache_dir)
-    grid = _student_grid(cfg, shared, cfg.students, heads, has_labels, gpu, notes, cfg.heads.label_map,
+    students = [replace(r, train=dict(r.train)) for r in cfg.students]  # the planner writes each row's budget
+    trained = [r for r in students if has_labels or {**shared.train, **r.train}.get("target", "labels") != "labels"]
+    recipe = _plan_recipe(cfg, shared, trained, splits, teacher, gpu, notes)
+    grid = _student_grid(cfg, shared, students, heads, has_labels, gpu, notes, cfg.heads.label_map,
                          only=f"this run has only {heads or 'no heads'}; set its train.head to one of them")
     if not has_test:
         notes.append(f"Dataset {data.dataset!r} has no held-out test split: the numbers are validation accuracy.")
     return DistillPlan(cfg, data, teacher, grid, heads, has_labels, has_test, gpu, notes,
-                       teacher_params=_count(model))
+                       teacher_params=_count(model), recipe=recipe)
+
+
+
+
+SMALL_PAD_CROP_MAX = 64
+"""A planned student at most this many pixels wide trains with pad-and-crop (see :func:`_plan_recipe`)."""
+
+
+def _plan_recipe(cfg: DistillConfig, shared: GridSections, students: list[StudentRow], splits, teacher: TeacherConfig,
+                 gpu: bool, notes: list[str]):
+    """What the user left open, chosen by ``pipelines.planner`` and written into ``shared.train`` and each student row's
+    budget: the student (measured ladder, deployment constraint), its input size, the budget's shares. In place.
+
+    Raises:
+        ConfigError: no candidate meets the deployment constraint (before any other work).
+    """
+    from edgedistill.pipelines.planner import Measurements, plan_recipe, native_size
+
+    rows = []
+    for r in students:
+        train = {**shared.train, **r.train, **(r.gpu if gpu else {})}
+        rows.append((r.name, train.get("target", "labels") == "labels",
+                     train.get("epochs") is not None or train.get("budget_s") is not None,  # its own length
+                     splits.size(train.get("train_split", "train"))))
+    spec = "+".join(s for s in ("train", "unlabeled") if splits.size(s))
+    named = shared.train.get("student")
+    measure = None if named else Measurements(Path(cfg.out) / "plan", teacher, len(splits.classes),
+                                              max(cfg.deploy.batch_sizes), log=lambda m: say(f"[plan] {m}"))
+    recipe = plan_recipe(student=named, image_size=shared.train.get("image_size"), students=rows,
+                         native=native_size(splits, spec), teacher_size=teacher.image_size or 224,
+                         budget_min=cfg.budget, gpu=gpu, dep=cfg.deploy, measurements=measure)
+    if recipe.student is not None:
+        shared.train.update(student=recipe.student.arch, student_kwargs=dict(recipe.student.kwargs),
+                            small_input=recipe.student.small_input)
+        t = shared.train
+        if recipe.image_size <= SMALL_PAD_CROP_MAX and t.get("aug", True) and not t.get("pad_crop") and \
+                t.get("views") is None and not t.get("online_teacher") and t.get("pixel_cache", True):
+            # Small images: CIFAR's pad-and-crop (4 px) instead of random-resized crops, whose cached plain-view
+            # targets would describe another image than the crop; the demo's recipe.
+            t["pad_crop"] = 4
+            notes.append("Augmentation: pad-and-crop by up to 4 px and flips (small images; the cached teacher targets "
+                         "of the whole image still describe the shifted view, unlike random-resized crops).")
+    shared.train["image_size"] = recipe.image_size
+    for r in students:
+        if r.name in recipe.shares:
+            r.train = {**r.train, "budget_s": round(recipe.shares[r.name], 1)}
+    notes.extend(recipe.notes)
+    return recipe
 
 
 def _plan_teacher(teacher: TeacherConfig):
@@ -282,13 +335,16 @@ def _plan_from_prompts(cfg: DistillConfig, shared: GridSections, user: DataConfi
     shared.train.update(eval_test=has_test, out_dir=str(out / "runs"), cache_dir=cfg.cache_dir,
                         head_path=str(rdir / "head"))  # the head the retrieval saved: names, synonyms, templates
     label_map = str(rdir / "label_map.json") if zero_shot == "label_map" else None
+    students = [replace(r, train=dict(r.train)) for r in students]  # the planner writes each row's budget
+    recipe = _plan_recipe(cfg, shared, students, rplan.splits, teacher, gpu, notes)
     grid = _student_grid(cfg, shared, students, [zero_shot], False, gpu, notes, label_map,
                          only=f"a zero-label run has only the {zero_shot!r} head; set its train.head to {zero_shot!r}")
     done = finished_retrieval(rdir)
     if done is not None and done.get("key") != rplan.key and any((out / "runs").glob("*/metrics.json")):
         raise ConfigError(f"{str(out)!r} holds students trained on another retrieval (the prompts, pool, teacher or "
                           f"retrieve settings changed); use another --out, or delete {out / 'runs'} and {rdir}")
-    return DistillPlan(cfg, data, teacher, grid, [zero_shot], False, has_test, gpu, notes, retrieval=rplan)
+    return DistillPlan(cfg, data, teacher, grid, [zero_shot], False, has_test, gpu, notes, retrieval=rplan,
+                       recipe=recipe)
 
 
 def _score_prompt_head(plan: DistillPlan, rows: list[dict]) -> None:
@@ -521,6 +577,8 @@ def _results(plan: DistillPlan, rows: list[dict], best: str, evaluation: dict | 
                              str(student_dir)),
         deploy=[DeployRow.from_row(r) for r in bench["rows"]],
         race=bench.get("race"),
+        plan=_plan_results(plan, {r["name"]: storage.read_json(Path(r["run_dir"]) / "metrics.json")
+                                  for r in rows if r["kind"] == "student"}),
         elapsed_s=elapsed, step_seconds=steps.done(),  # the report step: until these results were composed
         invocations=_earlier_invocations(out / "results.json") + [Invocation(finished, elapsed)],
         retrieval=None if retrieval is None else RetrievalSummary(
@@ -542,6 +600,19 @@ def _student_result(row: dict, tcfg: TrainConfig) -> StudentResult:
         n_unlabeled=row["n_unlabeled"], val_acc=row["val_acc"], test_acc=row["test_acc"],
         params=m.get("student_params"), train_s=row["train_s"], epochs=m.get("epochs_completed"),
         images_per_s=m.get("images_per_s"), n_val=m.get("n_val"), run_dir=row["run_dir"])
+
+
+def _plan_results(plan: DistillPlan, metrics: dict[str, dict]) -> dict | None:
+    """``results.json``'s account of the plan: what the planner chose and measured, and each student's budget."""
+    from edgedistill.pipelines.planner import candidates_table
+
+    if plan.recipe is None:
+        return None
+    reference = {r.name: r.reference_epochs for r in plan.cfg.students}
+    budgets = {name: {**{k: m.get(k) for k in ("budget_s", "budget_epochs", "budget_step_s", "epochs_completed",
+                                               "elapsed_s")}, "reference_epochs": reference.get(name)}
+               for name, m in metrics.items() if m.get("budget_s")}
+    return {**plan.recipe.to_dict(), "table": candidates_table(plan.recipe), "budgets": budgets}
 
 
 def _counts(data: DataConfig) -> dict:

@@ -96,7 +96,7 @@ def _student_row(grid: GridConfig, row, overrides: GridSections, probe: Path | N
         say(f"[run] {row.name}: {'resuming' if tcfg.resume else 'training'}")
         run_dir = train(data, teacher, tcfg)
     m = storage.read_json(run_dir / "metrics.json")
-    return {"name": row.name, "kind": "student", "arch": tcfg.student, "target": tcfg.target,
+    return {"name": row.name, "kind": "student", "arch": tcfg.resolved().student, "target": tcfg.target,
             "head": tcfg.head if tcfg.target != "labels" else None, "unlabeled": "unlabeled" in tcfg.train_split,
             "n_unlabeled": m.get("n_unlabeled", 0), "val_acc": m.get("best_val_acc"), "test_acc": m.get("test_acc"),
             "published": tutorial.published(row.published), "train_s": m.get("elapsed_s"), "run_dir": str(run_dir)}

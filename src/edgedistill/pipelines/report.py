@@ -70,7 +70,7 @@ def headline(results: DistillResults) -> list[str]:
     if t_params and best.params:
         ratio = t_params / best.params
         lines.append(f"Size: {best.params / 1e6:.2f}M parameters against the teacher's {t_params / 1e6:.2f}M "
-                     f"({ratio:.1f}x {'fewer' if ratio >= 1 else 'more'}).")
+                     + (f"({ratio:.1f}x fewer)." if ratio >= 1 else f"({1 / ratio:.1f}x **more**)."))
     return lines
 
 
@@ -95,6 +95,28 @@ def _story(results: DistillResults) -> list[str]:
                    f"{s.n_unlabeled:,} unlabeled images, {s.epochs} epochs, "
                    f"{(s.train_s or 0) / 60:.1f} min at {s.images_per_s or 0:.0f} images/s.")
     return out
+
+
+def plan_section(results: DistillResults) -> list[str]:
+    """The report's plan: the candidates the planner measured (kept or not, and why) and each student's budget."""
+    plan = results.plan
+    if not plan:
+        return []
+    out = ["## Plan", ""]
+    if plan.get("table"):
+        out += [f"Student candidates, each measured on ONNX Runtime (FP32, batch {plan['deploy_batch']} and batch 1) "
+                "in its own child process and for a few training steps; the planner's rule is in "
+                "`edgedistill/pipelines/planner.py`:", "", plan["table"], ""]
+    for name, b in (plan.get("budgets") or {}).items():
+        step = f", {1000 * b['budget_step_s']:.0f} ms per step" if b.get("budget_step_s") else ""
+        ref = b.get("reference_epochs")
+        slower = (f" **A smaller schedule than on the machine this recipe was tuned on ({ref} epochs there): this "
+                  "machine trains more slowly, so the budget buys fewer epochs.**"
+                  if ref and b["epochs_completed"] < ref else
+                  (f" The tuned recipe's machine trained {ref} epochs in this budget." if ref else ""))
+        out.append(f"- `{name}`: a budget of {b['budget_s'] / 60:.1f} min{step}: {b['budget_epochs']} epochs planned, "
+                   f"{b['epochs_completed']} trained in {b['elapsed_s'] / 60:.1f} min.{slower}")
+    return out + [""]
 
 
 def _timing(results: DistillResults) -> str:
@@ -126,7 +148,7 @@ def write_distill_report(results: DistillResults, out_dir: Path, before_accuracy
     if results.step_seconds:
         lines += ["", "Seconds per step of this invocation: " + ", ".join(
             f"{name} {sec:.0f}" for name, sec in results.step_seconds.items()) + "."]
-    lines += [""] + (before_accuracy or []) + [
+    lines += [""] + plan_section(results) + (before_accuracy or []) + [
               "## Accuracy", "", f"| model | trained on | val acc | {held or 'held-out'} acc | % of teacher |",
               "|---|---|---:|---:|---:|"]
     reference = results.teacher.reference()

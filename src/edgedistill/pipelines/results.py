@@ -216,6 +216,9 @@ class DistillResults:
     invocations: list[Invocation] = field(default_factory=list)
     retrieval: RetrievalSummary | None = None
     race: dict[str, Any] | None = None
+    plan: dict[str, Any] | None = None
+    """What the planner chose and measured (``pipelines.planner.RecipePlan``), the candidates table and each student's
+    budget; None when the user named the student, size and schedule."""
     """The race's verdict (``deploy.bench_report.race_summary``): the fastest runtime for the student, its speed-up
     over the teacher on that runtime, INT8 vs FP32 per runtime."""
     schema_version: int = RESULTS_SCHEMA

@@ -155,3 +155,59 @@ class StderrProgressBar(TQDMProgressBar):
 
     def init_test_tqdm(self) -> Tqdm:
         return Tqdm(desc="test", leave=False, dynamic_ncols=True, file=sys.stderr, disable=self.is_disabled)
+
+
+class TimeBudget(Callback):
+    """Fit the run's length to a wall-clock budget: measure the step time, then set the epochs and the schedule.
+
+    After ``measure_steps`` steps (the first ``skip`` are not timed: allocations, caches) the seconds per step give
+    the epochs that fit in what is left of ``budget_s``, counted from the start of the fit (earlier sessions of a
+    resumed run included); the cosine schedule's length is set to those epochs, so it reaches 0 at the end. At the
+    end of each epoch the estimate is redone with the measured epoch time including validation and the
+    checkpoint (the mean of the last three after the first). The epochs are a multiple of ``val_every`` (the last
+    one is validated), at least ``val_every``.
+    What was planned goes into ``summary`` (metrics.json): ``budget_s``, ``budget_epochs``, ``budget_step_s``.
+    """
+
+    def __init__(self, budget_s: float, steps_per_epoch: int, val_every: int, history: RunHistory,
+                 summary: dict, skip: int = 2, measure_steps: int = 8) -> None:
+        self.budget_s, self.steps_per_epoch, self.val_every = budget_s, steps_per_epoch, val_every
+        self.history, self.summary = history, summary
+        self.skip, self.measure_steps = skip, max(measure_steps, skip + 1)
+        self._t_skip: float | None = None
+        self._epoch_t0 = 0.0
+        self._steps_in_session = 0
+        self._epoch_times: list[float] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._steps_in_session += 1
+        if self._steps_in_session == self.skip:
+            self._t_skip = time.perf_counter()
+        elif self._steps_in_session == min(self.measure_steps, self.steps_per_epoch) and self._t_skip is not None:
+            step_s = (time.perf_counter() - self._t_skip) / (self._steps_in_session - self.skip)
+            self._plan(trainer, step_s * self.steps_per_epoch, (batch_idx + 1) / self.steps_per_epoch, step_s)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Re-planned after every epoch with its measured time (validation runs before this hook, so it counts): the
+        # first epoch's allocations, or a load that comes and goes on a shared machine, move the end accordingly.
+        self._epoch_times.append(time.perf_counter() - self._epoch_t0)
+        recent = self._epoch_times[1:][-3:] or self._epoch_times  # the first epoch is slower (allocations)
+        self._plan(trainer, sum(recent) / len(recent), 1.0, self.summary.get("budget_step_s"))
+
+    def _plan(self, trainer: L.Trainer, epoch_s: float, done: float, step_s: float | None) -> None:
+        """Set the epochs and the schedule's length: the current epoch is ``done`` (a fraction) through."""
+        left = self.budget_s - self.history.elapsed() - (1.0 - done) * epoch_s  # after the current epoch ends
+        epochs = trainer.current_epoch + 1 + max(int(left / max(epoch_s, 1e-6)), 0)
+        epochs = max(epochs // self.val_every * self.val_every, -(-(trainer.current_epoch + 1) // self.val_every)
+                     * self.val_every)
+        trainer.fit_loop.max_epochs = epochs
+        for config in trainer.lr_scheduler_configs:
+            for fn in getattr(config.scheduler, "lr_lambdas", []):
+                if hasattr(fn, "total"):  # training.module.warmup_cosine
+                    fn.total = epochs * self.steps_per_epoch
+                    fn.warmup = min(fn.warmup, fn.total // 4)
+        self.summary.update(budget_s=self.budget_s, budget_epochs=epochs,
+                            budget_step_s=round(step_s, 5) if step_s else None, budget_epoch_s=round(epoch_s, 3))

@@ -48,7 +48,7 @@ from edgedistill.heads import build_head, check_head_target, head_class, save_he
 from edgedistill.losses import resolve_loss
 from edgedistill.students import StudentManifest, count_parameters, create_student
 from edgedistill.teachers import create_teacher
-from edgedistill.training.callbacks import RunHistory, StderrProgressBar
+from edgedistill.training.callbacks import RunHistory, StderrProgressBar, TimeBudget
 from edgedistill.training.checkpoints import SafeCheckpointIO, confined, load_checkpoint, resume_checkpoint
 from edgedistill.training.datamodule import DistillDataModule
 from edgedistill.training.module import CachedTargets, DistillModule, NonFiniteLossError, OnlineTargets, TargetProvider
@@ -166,6 +166,10 @@ class RunSetup:
     steps_per_epoch: int
 
 
+BUDGET_PROVISIONAL_EPOCHS = 1000
+"""Epochs a budgeted run starts with, until :class:`TimeBudget` has measured the step time (a few steps)."""
+
+
 def _resolve_hardware(cfg: TrainConfig) -> tuple[str, str, str]:
     """(accelerator, precision, strategy) for Lightning."""
     gpu = torch.cuda.is_available()
@@ -188,7 +192,7 @@ def _check_resume(run_dir: Path, data: DataConfig, teacher: TeacherConfig, cfg: 
     if has_ckpt and not cfg.resume:
         raise ConfigError(f"Run directory {str(run_dir)!r} already holds a checkpoint; pass --train.resume true "
                           "to continue it or --train.name to start another run")
-    diffs = config_diffs(run_dir, data, teacher, cfg, ignore=RECORD_IGNORED + ("epochs", "max_steps")) if cfg.resume else []
+    diffs = config_diffs(run_dir, data, teacher, cfg, ignore=RECORD_IGNORED + ("epochs", "max_steps", "budget_s")) if cfg.resume else []
     if diffs:
         raise ConfigError(f"Cannot resume {str(run_dir)!r} with other settings ({'; '.join(diffs)}); use the recorded "
                           "ones (config.yaml) or another --train.name")
@@ -209,6 +213,7 @@ def build_run(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> Run
     resolve_loss(cfg)  # the loss trains this target: refused before anything else
     if cfg.target != "labels":
         check_head_target(cfg.head, cfg.target)
+    cfg = cfg.resolved()  # what a planner left open: the plain defaults (distill fills them before)
     run_dir = Path(cfg.out_dir).expanduser().resolve() / cfg.run_name()  # absolute: Lightning reports absolute paths
     resume_from = _check_resume(run_dir, data, teacher, cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -228,7 +233,7 @@ def build_run(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> Run
                   "(K cached crops) or train.online_teacher=true")
     # only the logging cadence (Lightning needs it before its loaders exist); the schedule counts Lightning's steps
     steps_per_epoch = max(n_train // (cfg.batch_size * cfg.devices * cfg.num_nodes), 1)
-    if cfg.schedule == "cosine" and cfg.max_steps == -1 and cfg.warmup_epochs >= cfg.epochs:
+    if cfg.schedule == "cosine" and cfg.max_steps == -1 and cfg.epochs is not None and cfg.warmup_epochs >= cfg.epochs:
         warn_once(f"train.warmup_epochs={cfg.warmup_epochs} covers all train.epochs={cfg.epochs}: the learning rate "
                   "only rises and the run ends at its peak; set warmup_epochs below epochs (e.g. a quarter)")
 
@@ -269,6 +274,7 @@ def build_run(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> Run
         "targets": _targets_kind(cfg), "student_params": count_parameters(student),
         "input": "pixels decoded once, batches augmented as tensors" if pixels else "images decoded per item",
         "accelerator": accelerator, "precision": precision, "devices": cfg.devices, "num_nodes": cfg.num_nodes,
+        "student": cfg.student, "student_kwargs": dict(cfg.student_kwargs), "image_size": cfg.image_size,
     }
     return RunSetup(data, teacher, cfg, run_dir, resume_from, splits, val_split, targets, num_outputs, sview, dm,
                     module, summary, steps_per_epoch)
@@ -330,12 +336,15 @@ def fit_run(setup: RunSetup) -> FitResult:
     # One log folder per session: Lightning's CSVLogger deletes an existing metrics.csv.
     session = f"session{len(list((run_dir / 'logs').glob('session*')))}" if setup.resume_from else "session0"
     show = progress_enabled()
+    budget = []
+    if cfg.epochs is None:  # the epochs come from the budget, once the step time is measured
+        budget = [TimeBudget(cfg.budget_s, setup.steps_per_epoch, cfg.val_every, history, setup.summary)]
     trainer = L.Trainer(
         accelerator=accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=strategy, precision=precision,
-        max_epochs=cfg.epochs, max_steps=cfg.max_steps, plugins=[SafeCheckpointIO()],
+        max_epochs=cfg.epochs or BUDGET_PROVISIONAL_EPOCHS, max_steps=cfg.max_steps, plugins=[SafeCheckpointIO()],
         check_val_every_n_epoch=cfg.val_every,
         logger=[CSVLogger(run_dir, name="logs", version=session), TensorBoardLogger(run_dir, name="logs", version=session)],
-        callbacks=[history, checkpoint] + ([StderrProgressBar()] if show else []),
+        callbacks=[history, checkpoint] + budget + ([StderrProgressBar()] if show else []),
         enable_progress_bar=show, log_every_n_steps=min(50, setup.steps_per_epoch),
         num_sanity_val_steps=0, enable_model_summary=False, default_root_dir=run_dir,
     )

@@ -74,7 +74,7 @@ def config_diffs(run_dir: Path, data: DataConfig, teacher: TeacherConfig, cfg: T
                  ignore: tuple[str, ...] = RECORD_IGNORED) -> list[str]:
     """Settings that differ from those recorded in ``run_dir/config.yaml`` (``section.key: old -> new``)."""
     old = read_run_record(run_dir)
-    new = record_of(data, teacher, cfg)
+    new = record_of(data, teacher, cfg.resolved())  # recorded resolved (build_run)
     return [f"{sec}.{k}: {(old.get(sec) or {}).get(k)!r} -> {v!r}" for sec, d in new.items() for k, v in d.items()
             if old and (old.get(sec) or {}).get(k) != v and k not in ignore]
 
