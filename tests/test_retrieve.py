@@ -141,6 +141,24 @@ def test_label_map_from_names_covers_hyponyms_with_reasons():
     assert "imagenet_hierarchy" not in _shipped()  # the hierarchy beside the maps is not a map
 
 
+def test_prompt_synonyms_reach_wordnet_and_the_review_names_near_misses():
+    """'ship: boat' takes the boats in; without it the review names them (under 'vessel, watercraft', as a ship is)."""
+    from edgedistill.heads.label_map import format_review
+    from edgedistill.prompts import prompt_head
+
+    teacher = SimpleNamespace(num_classes=1000)
+    plain, review = prompt_head("label_map", parse_prompts("airplane\nship\n"), teacher)
+    assert plain.groups == [[404], [403, 510, 628, 724, 833, 913]]  # airliner; the ImageNet ships
+    near = {m["index"]: m for m in review["classes"]["ship"]["near_misses"]}
+    assert {472, 554, 576, 625, 814, 914} <= set(near) and near[814]["synonym"] == "boat"  # speedboat & co.
+    assert [m["index"] for m in review["classes"]["airplane"]["near_misses"]] == [895]  # warplane
+    text = format_review(review)
+    assert "nearly matched, left out: 895 warplane" in text and "'airplane: warplane'" in text and "'ship: boat'" in text
+    wide, review = prompt_head("label_map", parse_prompts("airplane: warplane\nship: boat\n"), teacher)
+    assert wide.groups == [[404, 895], sorted([403, 510, 628, 724, 833, 913, 472, 554, 576, 625, 814, 914])]
+    assert not {472, 554, 814} & {m["index"] for m in review["classes"]["ship"]["near_misses"]}  # taken: no longer missed
+
+
 def test_label_map_from_names_refuses_an_unknown_name_and_pins_wordnet_ids():
     from edgedistill.heads.label_map import imagenet_hierarchy, label_map_from_names, with_other
 
