@@ -573,6 +573,19 @@ class RetrieveConfig:
     synonyms through WordNet, shown and saved for review."""
     max_sense: int = 1
     """Label map from names: highest WordNet sense number of a term that may match (1: the word's usual sense)."""
+    examples: str | None = None
+    """Folder of example images, ``<examples>/<class>/*.jpg`` (a few per class; every folder a prompts class): the
+    teacher embeds them (cached like the pool) and each class's score gains ``rerank_weight x`` the margin of an
+    image's cosine to the class's example centroid over the other classes'. Pool images identical to an example
+    (same bytes) are never retrieved."""
+    rerank: int = 1
+    """Rounds of re-ranking in the teacher's embedding space (pseudo-relevance feedback): each class's centroid takes
+    in its ``rerank_top`` most confident images and the pool is scored again (see ``examples``); 0: off."""
+    rerank_top: int = 20
+    """Re-ranking: a class's most confident images (its own best class) that join its centroid each round."""
+    rerank_weight: float = 1.0
+    """Weight of the centroid margin added to the head's score (cosine for CLIP text heads, probability for label
+    maps), for example images and re-ranking alike."""
     sheet_top: int = 8
     """Contact sheet: the highest-scoring images shown per class."""
     sheet_border: int = 8
@@ -596,6 +609,9 @@ class RetrieveConfig:
         need(self.candidates is None or self.candidates >= self.top_k, "candidates", f"it must be >= top_k ({self.top_k})")
         need(self.faiss_min_pool >= 1, "faiss_min_pool", "it must be >= 1")
         need(self.max_sense >= 1, "max_sense", "it must be >= 1")
+        need(self.rerank >= 0, "rerank", "it must be >= 0 (0: no re-ranking)")
+        need(self.rerank_top >= 1, "rerank_top", "it must be >= 1")
+        need(self.rerank_weight >= 0, "rerank_weight", "it must be >= 0")
         need(self.sheet_top >= 0 and self.sheet_border >= 0, "sheet_top", "sheet_top and sheet_border must be >= 0")
 
 

@@ -84,13 +84,15 @@ class PoolRows:
         s = int(np.searchsorted(self.offsets, gid, side="right")) - 1
         return s, int(gid - self.offsets[s])
 
-    def chunks(self, array: str) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """``(first global id, float32 [S, F], valid [S])`` for each cache shard of ``array`` (embedding or logits)."""
+    def chunks(self, arrays: Sequence[str]) -> Iterator[tuple[int, dict[str, np.ndarray], np.ndarray]]:
+        """``(first global id, {array: float32 [S, F]}, valid [S])`` for each cache shard, of every array asked
+        (``embedding``, ``logits``); a cache's arrays are sharded alike."""
         for s, cache in enumerate(self.caches):
             local = 0
-            for part in getattr(cache, array).parts:
-                n = len(part)
-                yield int(self.offsets[s]) + local, np.asarray(part, dtype=np.float32), cache.valid[local:local + n]
+            for parts in zip(*(getattr(cache, a).parts for a in arrays)):
+                n = len(parts[0])
+                yield (int(self.offsets[s]) + local, {a: np.asarray(p, dtype=np.float32) for a, p in zip(arrays, parts)},
+                       cache.valid[local:local + n])
                 local += n
 
     def rows(self, array: str, gids: np.ndarray) -> np.ndarray:
@@ -105,6 +107,15 @@ class PoolRows:
             out[sel[order]] = getattr(self.caches[s], array)[local[order]]
         return out
 
+    def rows_of(self, arrays: Sequence[str], gids: np.ndarray) -> dict[str, np.ndarray]:
+        """``{array: rows(array, gids)}`` for every array asked."""
+        return {a: self.rows(a, gids) for a in arrays}
+
+    def content_sha256(self, gid: int) -> str:
+        """sha256 of an image's file bytes (a tar member's own bytes): the same photo under any name."""
+        s, i = self.locate(gid)
+        return item_sha256(self.sources[s], i)
+
     def describe(self, gid: int) -> tuple[str, int, str]:
         """``(source key, index, path)`` of a global id; the path is a file or ``<tar>::<member>``."""
         from edgedistill.data.sources import describe_item
@@ -115,6 +126,15 @@ class PoolRows:
     def load(self, gid: int):
         s, i = self.locate(gid)
         return self.sources[s].load(i)
+
+
+def item_sha256(source, i: int) -> str:
+    """sha256 of image ``i``'s bytes as stored: a file's, or a tar member's."""
+    if getattr(source, "is_tar", False):
+        with open(source.path, "rb") as f:
+            f.seek(int(source._offsets[i]))
+            return hashlib.sha256(f.read(int(source._sizes[i]))).hexdigest()
+    return storage.file_sha256(source.files[i])
 
 
 # ----------------------------------------------------------------------------- scores
@@ -143,8 +163,16 @@ class Scorer:
         return "embedding" if self.kind == "text" else "logits"
 
     @property
+    def arrays(self) -> tuple[str, ...]:
+        return (self.array,)
+
+    @property
     def num_classes(self) -> int:
         return int(self.head.num_classes)
+
+    def scores(self, rows: dict[str, np.ndarray]) -> np.ndarray:
+        """``[n, C]`` scores of rows given as ``{array: [n, F]}``."""
+        return self(rows[self.array])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self.kind == "text":
@@ -153,6 +181,57 @@ class Scorer:
 
         with torch.no_grad():
             return torch.exp(self.head.float()(torch.from_numpy(np.ascontiguousarray(x)))).numpy()  # [n, C] probabilities
+
+
+def centroids(groups: Sequence[np.ndarray], dim: int) -> np.ndarray:
+    """float32 ``[C, D]``: per class the normalised mean of its normalised embeddings ``[n_c, D]``; zeros where none."""
+    out = np.zeros((len(groups), dim), np.float32)
+    for c, g in enumerate(groups):
+        if len(g):
+            out[c] = l2_normalize(l2_normalize(np.asarray(g, np.float32)).mean(0, keepdims=True))[0]
+    return out
+
+
+@dataclass
+class Query:
+    """The head's score plus a margin in the teacher's embedding space (example images, pseudo-relevance feedback).
+
+    ``score_c(x) = head_c(x) + weight * (cos(x, mu_c) - max_{c' != c} cos(x, mu_c'))``, where ``mu_c`` is class
+    ``c``'s centroid: the normalised mean of its example images and (re-ranking) its most confident pool images. The
+    margin is against the other classes' centroids, so an image near every class gains nothing; a class without a
+    centroid keeps its head score (its margin is 0), and when no other class has one the margin is ``cos(x, mu_c)``.
+
+    Attributes:
+        head: The zero-shot head's scorer (cosine to the text embedding, or label-map probability).
+        mu: float32 ``[C, D]`` normalised centroids, zero rows for classes without.
+        weight: The margin's weight.
+    """
+
+    head: Scorer
+    mu: np.ndarray
+    weight: float
+
+    @property
+    def arrays(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.head.arrays, "embedding")))
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.num_classes
+
+    def margins(self, emb: np.ndarray) -> np.ndarray:
+        """float32 ``[n, C]``: each class's centroid cosine minus the best other class's (see the class docstring)."""
+        has = np.abs(self.mu).sum(1) > 0  # [C]
+        cos = l2_normalize(emb) @ self.mu.T  # [n, C]
+        masked = np.where(has[None], cos, -np.inf)
+        order = np.argsort(-masked, axis=1)
+        best, second = np.take_along_axis(masked, order[:, :1], 1), np.take_along_axis(masked, order[:, 1:2], 1)
+        other = np.where(order[:, :1] == np.arange(cos.shape[1])[None], second, best)  # [n, C] best of the others
+        other = np.where(np.isfinite(other), other, 0.0)
+        return np.where(has[None], cos - other, 0.0).astype(np.float32)
+
+    def scores(self, rows: dict[str, np.ndarray]) -> np.ndarray:
+        return self.head.scores(rows) + self.weight * self.margins(rows["embedding"])
 
 
 # ----------------------------------------------------------------------------- search
@@ -165,7 +244,7 @@ def _merge_topk(best_s: np.ndarray, best_i: np.ndarray, s: np.ndarray, i: np.nda
     return np.take_along_axis(all_s, order, 1), np.take_along_axis(all_i, order, 1)
 
 
-def exact_search(pool: PoolRows, scorer: Scorer, k: int) -> list[np.ndarray]:
+def exact_search(pool: PoolRows, scorer: Scorer | Query, k: int) -> list[np.ndarray]:
     """Per class, the global ids of its k highest-scoring readable images: a running top-k over the cache shards.
 
     Returns:
@@ -173,8 +252,8 @@ def exact_search(pool: PoolRows, scorer: Scorer, k: int) -> list[np.ndarray]:
     """
     C = scorer.num_classes
     best_s, best_i = np.zeros((C, 0), np.float32), np.zeros((C, 0), np.int64)
-    for start, x, valid in pool.chunks(scorer.array):
-        s = scorer(x)  # [S, C]
+    for start, x, valid in pool.chunks(scorer.arrays):
+        s = scorer.scores(x)  # [S, C]
         s[~valid] = -np.inf
         m = min(k, len(s))
         top = np.argpartition(-s, m - 1, axis=0)[:m] if m < len(s) else np.repeat(np.arange(len(s))[:, None], C, 1)
@@ -359,6 +438,103 @@ def draw_other(pool: PoolRows, scorer: Scorer, names: Sequence[str], n: int, bel
     return out
 
 
+# ----------------------------------------------------------------------------- example images and re-ranking
+
+
+def open_examples(path: str, names: Sequence[str]):
+    """``<path>/<class>/*.jpg`` as a labelled source indexed by the prompts' classes (``names``).
+
+    Raises:
+        ConfigError: not a folder, or a class folder that names no prompts class.
+    """
+    from edgedistill.data.sources import ImageFolderSource, safe_name
+    from edgedistill.prompts import normalise_name
+
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"retrieve.examples={path!r} is not a folder; give one holding <class>/*.jpg, a few example "
+                          "images per prompts class")
+    by_key = {normalise_name(n): n for n in names}
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    unknown = [f for f in folders if normalise_name(f) not in by_key]
+    if unknown:
+        raise ConfigError(f"retrieve.examples={path!r}: folder(s) {unknown} name no class of the prompts "
+                          f"({', '.join(names)}); name each folder after a prompts class")
+    src = ImageFolderSource(root, f"examples/{safe_name(root.resolve().name, 'examples')}")
+    src.class_index = np.array([list(names).index(by_key[normalise_name(f)]) for f in src.classes], np.int64)
+    return src
+
+
+@dataclass
+class Examples:
+    """The example images as the teacher sees them.
+
+    Attributes:
+        emb: float32 ``[E, D]`` embeddings of the readable examples.
+        labels: int64 ``[E]`` their prompts class indices.
+        sha256: the examples' file hashes (a pool image with one of them is an example, not a result).
+        counts: readable examples per class name.
+    """
+
+    emb: np.ndarray
+    labels: np.ndarray
+    sha256: set[str]
+    counts: dict[str, int]
+
+
+def load_examples(plan, num_workers: int = 2) -> Examples:
+    """Embed the plan's example images with its teacher, through the teacher cache (a source like the pool's)."""
+    from edgedistill.cache import cache_source
+
+    src = plan.examples
+    cache = cache_source(plan.teacher, src, plan.cache_dir, batch_size=plan.teacher_cfg.batch_size,
+                         num_workers=num_workers)
+    ok = np.flatnonzero(cache.valid)
+    labels = src.class_index[src.labels[ok]]
+    names = [p.name for p in plan.prompts]
+    return Examples(np.asarray(cache.embedding[ok], np.float32), labels,
+                    {storage.file_sha256(src.files[i]) for i in range(len(src))},
+                    {names[c]: int((labels == c).sum()) for c in sorted(set(labels.tolist()))})
+
+
+def refine(pool: PoolRows, head: Scorer, found: list[np.ndarray], examples: Examples | None, cfg: RetrieveConfig,
+           k: int) -> tuple[Scorer | Query, list[np.ndarray], list[dict]]:
+    """The final query and its candidates: the head's, moved by the example images and re-ranking rounds.
+
+    With examples, each class's centroid starts as theirs and the pool is searched with the :class:`Query`; each
+    re-ranking round then adds to every centroid its class's ``rerank_top`` most confident images under the current
+    query (those whose best class it is, examples excluded) and searches again. Without either: the head as it is.
+
+    Returns:
+        ``(scorer, candidates per class (global ids, best first), per round the images in each centroid)``.
+    """
+    if examples is None and not cfg.rerank:
+        return head, found, []
+    C, D = head.num_classes, int(pool.caches[0].embedding.shape[1])
+    seeds = [examples.emb[examples.labels == c] if examples is not None else np.zeros((0, D), np.float32)
+             for c in range(C)]
+    scorer: Scorer | Query = head
+    rounds: list[dict] = []
+    if examples is not None:
+        scorer = Query(head, centroids(seeds, D), cfg.rerank_weight)
+        found = exact_search(pool, scorer, k)
+        rounds.append({"examples": [len(g) for g in seeds], "pool": [0] * C})
+    hashes: dict[int, str] = {}
+    for _ in range(cfg.rerank):
+        tops = []
+        for c, ids in enumerate(found):
+            s = scorer.scores(pool.rows_of(scorer.arrays, ids))
+            order = np.lexsort((ids, -s[:, c]))
+            mine = [int(g) for g in ids[order][s[order].argmax(1) == c]]
+            if examples is not None:
+                mine = [g for g in mine if hashes.setdefault(g, pool.content_sha256(g)) not in examples.sha256]
+            tops.append(pool.rows("embedding", np.array(mine[:cfg.rerank_top], np.int64)))
+        scorer = Query(head, centroids([np.concatenate([e, t]) for e, t in zip(seeds, tops)], D), cfg.rerank_weight)
+        found = exact_search(pool, scorer, k)
+        rounds.append({"examples": [len(g) for g in seeds], "pool": [len(t) for t in tops]})
+    return scorer, found, rounds
+
+
 # ----------------------------------------------------------------------------- plan and run
 
 
@@ -385,6 +561,8 @@ class RetrievalPlan:
     out: Path
     cache_dir: str
     key: str
+    examples: Any = None
+    """``cfg.examples`` opened: an ``ImageFolderSource`` whose folders are prompt classes, or None."""
 
 
 def plan_retrieval(
@@ -443,14 +621,16 @@ def plan_retrieval(
         search = "faiss"
     else:
         search = "exact"
+    examples = open_examples(cfg.examples, class_names(plist)) if cfg.examples is not None else None
     classes = class_names(plist) + ([OTHER] if cfg.other else [])
     identities = [splits.sources[k].identity() for k in splits.sources_of("unlabeled")]
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("search", "faiss_min_pool")}  # same images either way
     key = hashlib.sha256(json.dumps(storage.jsonable(
         {"format": FORMAT, "prompts": prompts_digest(plist), "pool": identities, "teacher": model.fingerprint,
-         "settings": settings}), sort_keys=True).encode()).hexdigest()
+         "settings": settings, "examples": examples.identity() if examples else None}), sort_keys=True).encode()).hexdigest()
     return RetrievalPlan(str(prompts), plist, classes, paths, data, splits, teacher, model, kind, head,
-                         with_other(head) if cfg.other else head, review, search, cfg, Path(out), str(cache_dir), key)
+                         with_other(head) if cfg.other else head, review, search, cfg, Path(out), str(cache_dir), key,
+                         examples)
 
 
 def _faiss_available() -> bool:
@@ -504,28 +684,49 @@ def run_retrieval(plan: RetrievalPlan, *, num_workers: int = 2, log: Callable[[s
     caches = ensure_cache(plan.data, plan.teacher_cfg, "unlabeled", plan.cache_dir, teacher=plan.teacher,
                           splits=plan.splits, num_workers=num_workers)
     pool = PoolRows(keys, caches, plan.splits.sources)
-    scorer = Scorer(plan.head, plan.kind)
+    head = Scorer(plan.head, plan.kind)
     k = cfg.candidates or 4 * cfg.top_k
     t_search = time.perf_counter()
-    found = (faiss_search(pool, scorer, k + _PAD, log) if plan.search == "faiss" else exact_search(pool, scorer, k + _PAD))
+    found = (faiss_search(pool, head, k + _PAD, log) if plan.search == "faiss" else exact_search(pool, head, k + _PAD))
+    first = [{int(g): r + 1 for r, g in enumerate(ids)} for ids in found]  # rank by the head alone
+    examples = load_examples(plan, num_workers) if plan.examples is not None else None
+    scorer, found, feedback = refine(pool, head, found, examples, cfg, k + _PAD)
     t_search = time.perf_counter() - t_search
+    came_by = "re-ranking" if cfg.rerank else "the example images"
 
     kept: list[list[Kept]] = []
     per_class: dict[str, dict] = {}
     for c, ids in enumerate(found):
-        x = pool.rows(scorer.array, ids)
-        s = scorer(x)
+        drops: Counter = Counter()
+        if examples is not None and examples.sha256:  # the examples themselves are not results
+            same = np.array([pool.content_sha256(int(g)) in examples.sha256 for g in ids], bool)
+            if same.any():
+                drops["one of the example images"] = int(same.sum())
+                ids = ids[~same]
+        x = pool.rows_of(scorer.arrays, ids)
+        s = scorer.scores(x)
         order = np.lexsort((ids, -s[:, c]))[:k]  # rank order: score, then pool order (ties broken the same way)
         emb = None
         if cfg.dedup is not None:
-            emb = l2_normalize(x[order] if scorer.array == "embedding" else pool.rows("embedding", ids[order]))
-        rows, drops = select_class(c, names, ids[order], s[order], emb, cfg)
+            emb = l2_normalize(x["embedding"][order] if "embedding" in x else pool.rows("embedding", ids[order]))
+        rows, more = select_class(c, names, ids[order], s[order], emb, cfg)
+        drops.update(more)
+        if isinstance(scorer, Query):  # say what the query alone gave and what the centroid added
+            at = {int(g): j for j, g in enumerate(ids)}
+            s0 = head.scores({a: v for a, v in x.items() if a in head.arrays})[:, c]
+            margin = scorer.margins(x["embedding"])[:, c]
+            for r in rows:
+                j, r0 = at[r.gid], first[c].get(r.gid)
+                r.why += f"; query {s0[j]:.3f} + {cfg.rerank_weight:g} x centroid margin {margin[j]:.3f}"
+                r.why += (f"; came in through {came_by} (query alone: rank {r0 or f'> {k + _PAD}'})"
+                          if r0 is None or r0 > cfg.top_k else f"; query alone: rank {r0}")
         kept.append(rows)
-        per_class[names[c]] = {"candidates": int(len(order)), "drops": dict(drops)}
+        per_class[names[c]] = {"candidates": int(len(order)), "drops": dict(drops),
+                               "came_in_by_refinement": sum(1 for r in rows if "came in through" in r.why)}
     cap, capped = apply_balance(kept, cfg.balance)
     if cfg.other:
         below = cfg.other_below if cfg.other_below is not None else cfg.min_score
-        other = draw_other(pool, scorer, names, cfg.other, below, {r.gid for k_ in kept for r in k_}, cfg.seed)
+        other = draw_other(pool, head, names, cfg.other, below, {r.gid for k_ in kept for r in k_}, cfg.seed)
         if len(other) < cfg.other:
             log(f"warning: only {len(other)} pool images score below {below:g} for every class; 'other' has "
                 f"{len(other)} of the {cfg.other} asked")
@@ -555,7 +756,12 @@ def run_retrieval(plan: RetrievalPlan, *, num_workers: int = 2, log: Callable[[s
         "head": {"kind": plan.kind, "path": "head", "templates": cfg.templates if plan.kind == "text" else None,
                  "label_map": ("label_map.json" if plan.kind == "label_map" else None),
                  "label_map_from_names": plan.review is not None},
-        "score": "cosine to the class's text embedding" if plan.kind == "text" else "label-map probability",
+        "score": ("cosine to the class's text embedding" if plan.kind == "text" else "label-map probability")
+                 + (f" + {cfg.rerank_weight:g} x centroid margin" if isinstance(scorer, Query) else ""),
+        "query": {"examples": None if examples is None else {"path": str(plan.examples.root), "counts": examples.counts,
+                                                              "identity": plan.examples.identity()},
+                  "rerank": cfg.rerank, "rerank_top": cfg.rerank_top, "rerank_weight": cfg.rerank_weight,
+                  "centroid_images": feedback},
         "settings": asdict(cfg), "search": plan.search, "candidates_per_class": k, "balance_cap": cap,
         "counts": {name: len(kept[c]) for c, name in enumerate(plan.classes)},
         "per_class": per_class, "kept": sum(len(k_) for k_ in kept),
