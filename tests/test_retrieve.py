@@ -254,6 +254,17 @@ def test_query_margin_is_the_centroid_cosine_over_the_best_other_class():
     np.testing.assert_allclose(q.scores({"embedding": x}), [[0.6 - 0.1, 0.8 + 0.1, 0], [0, 0, 1]], atol=1e-6)
     alone = Query(q.head, mu * np.array([[1], [0], [0]], np.float32), 1.0)  # no other centroid: the cosine itself
     np.testing.assert_allclose(alone.margins(x)[:, 0], [0.6, 0], atol=1e-6)
+    # measured from the pool's mean: all-positive features [1, 1] and [1, 0.8] are close; less [1, 0.9] they point apart
+    from edgedistill.retrieve import centroids
+
+    feats = np.array([[1, 1, 0], [1, 0.8, 0]], np.float32)
+    center = (feats / np.linalg.norm(feats, axis=1, keepdims=True)).mean(0)
+    mu_c = centroids([feats[:1], feats[1:]], 3, center)
+    np.testing.assert_allclose(mu_c @ mu_c.T, [[1, -1], [-1, 1]], atol=1e-5)  # opposite, once centered
+    raw = centroids([feats[:1], feats[1:]], 3)
+    assert float(raw[0] @ raw[1]) > 0.99
+    cq = Query(q.head, np.concatenate([mu_c, np.zeros((1, 3), np.float32)]), 1.0, center)
+    np.testing.assert_allclose(cq.margins(feats)[:, :2], [[2, -2], [-2, 2]], atol=1e-5)
 
 
 def test_reranking_pulls_in_the_images_near_the_most_confident_ones():

@@ -586,6 +586,9 @@ class RetrieveConfig:
     rerank_weight: float = 1.0
     """Weight of the centroid margin added to the head's score (cosine for CLIP text heads, probability for label
     maps), for example images and re-ranking alike."""
+    rerank_center: bool = True
+    """Measure the centroid cosines from the pool's mean embedding (a CNN's pooled features are all positive, so raw
+    cosines are all high); false: from the origin."""
     sheet_top: int = 8
     """Contact sheet: the highest-scoring images shown per class."""
     sheet_border: int = 8

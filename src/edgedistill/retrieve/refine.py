@@ -11,6 +11,7 @@ import numpy as np
 
 from edgedistill import storage
 from edgedistill.config import RetrieveConfig
+from edgedistill.deploy.runtime import l2_normalize
 from edgedistill.errors import ConfigError
 from edgedistill.retrieve.pool import PoolRows
 from edgedistill.retrieve.scoring import Query, Scorer, centroids
@@ -73,6 +74,16 @@ def load_examples(plan, num_workers: int = 2) -> Examples:
                     {names[c]: int((labels == c).sum()) for c in sorted(set(labels.tolist()))})
 
 
+def pool_mean(pool: PoolRows) -> np.ndarray:
+    """float32 ``[D]``: the mean of the pool's normalised embeddings (readable images), one pass over the shards."""
+    total, n = None, 0
+    for _, x, valid in pool.chunks(("embedding",)):
+        e = l2_normalize(x["embedding"][valid])
+        total = e.sum(0) if total is None else total + e.sum(0)
+        n += len(e)
+    return (total / max(n, 1)).astype(np.float32)
+
+
 def refine(pool: PoolRows, head: Scorer, found: list[np.ndarray], examples: Examples | None, cfg: RetrieveConfig,
            k: int) -> tuple[Scorer | Query, list[np.ndarray], list[dict]]:
     """The final query and its candidates: the head's, moved by the example images and re-ranking rounds.
@@ -89,10 +100,11 @@ def refine(pool: PoolRows, head: Scorer, found: list[np.ndarray], examples: Exam
     C, D = head.num_classes, int(pool.caches[0].embedding.shape[1])
     seeds = [examples.emb[examples.labels == c] if examples is not None else np.zeros((0, D), np.float32)
              for c in range(C)]
+    center = pool_mean(pool) if cfg.rerank_center else None
     scorer: Scorer | Query = head
     rounds: list[dict] = []
     if examples is not None:
-        scorer = Query(head, centroids(seeds, D), cfg.rerank_weight)
+        scorer = Query(head, centroids(seeds, D, center), cfg.rerank_weight, center)
         found = exact_search(pool, scorer, k)
         rounds.append({"examples": [len(g) for g in seeds], "pool": [0] * C})
     hashes: dict[int, str] = {}
@@ -105,7 +117,8 @@ def refine(pool: PoolRows, head: Scorer, found: list[np.ndarray], examples: Exam
             if examples is not None:
                 mine = [g for g in mine if hashes.setdefault(g, pool.content_sha256(g)) not in examples.sha256]
             tops.append(pool.rows("embedding", np.array(mine[:cfg.rerank_top], np.int64)))
-        scorer = Query(head, centroids([np.concatenate([e, t]) for e, t in zip(seeds, tops)], D), cfg.rerank_weight)
+        scorer = Query(head, centroids([np.concatenate([e, t]) for e, t in zip(seeds, tops)], D, center),
+                       cfg.rerank_weight, center)
         found = exact_search(pool, scorer, k)
         rounds.append({"examples": [len(g) for g in seeds], "pool": [len(t) for t in tops]})
     return scorer, found, rounds

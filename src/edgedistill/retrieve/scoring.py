@@ -54,12 +54,23 @@ class Scorer:
             return torch.exp(self.head.float()(torch.from_numpy(np.ascontiguousarray(x)))).numpy()  # [n, C] probabilities
 
 
-def centroids(groups: Sequence[np.ndarray], dim: int) -> np.ndarray:
-    """float32 ``[C, D]``: per class the normalised mean of its normalised embeddings ``[n_c, D]``; zeros where none."""
+def centered(emb: np.ndarray, center: np.ndarray | None) -> np.ndarray:
+    """Normalised embeddings, less the pool's mean direction and normalised again when ``center`` is given.
+
+    A CNN's pooled features are all positive, so every pair of images has a high cosine; measured from the pool's
+    mean they spread out, and a centroid's cosine tells a class from the rest.
+    """
+    e = l2_normalize(np.asarray(emb, np.float32))
+    return e if center is None else l2_normalize(e - center[None])
+
+
+def centroids(groups: Sequence[np.ndarray], dim: int, center: np.ndarray | None = None) -> np.ndarray:
+    """float32 ``[C, D]``: per class the normalised mean of its :func:`centered` embeddings ``[n_c, D]``; zeros
+    where none."""
     out = np.zeros((len(groups), dim), np.float32)
     for c, g in enumerate(groups):
         if len(g):
-            out[c] = l2_normalize(l2_normalize(np.asarray(g, np.float32)).mean(0, keepdims=True))[0]
+            out[c] = l2_normalize(centered(g, center).mean(0, keepdims=True))[0]
     return out
 
 
@@ -81,6 +92,8 @@ class Query:
     head: Scorer
     mu: np.ndarray
     weight: float
+    center: np.ndarray | None = None
+    """The pool's mean normalised embedding ``[D]``: cosines are measured from it (:func:`centered`); None: from 0."""
 
     @property
     def arrays(self) -> tuple[str, ...]:
@@ -93,7 +106,7 @@ class Query:
     def margins(self, emb: np.ndarray) -> np.ndarray:
         """float32 ``[n, C]``: each class's centroid cosine minus the best other class's (see the class docstring)."""
         has = np.abs(self.mu).sum(1) > 0  # [C]
-        cos = l2_normalize(emb) @ self.mu.T  # [n, C]
+        cos = centered(emb, self.center) @ self.mu.T  # [n, C]
         masked = np.where(has[None], cos, -np.inf)
         order = np.argsort(-masked, axis=1)
         best, second = np.take_along_axis(masked, order[:, :1], 1), np.take_along_axis(masked, order[:, 1:2], 1)
