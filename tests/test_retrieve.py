@@ -593,6 +593,11 @@ def test_retrieve_command_mistakes_are_one_line(pool, capsys):
                                                "line, e.g. 'cat: kitten'")
     assert main(["retrieve", str(pool / "prompts.txt"), str(pool / "nope")]) == 2
     assert "Pool path" in capsys.readouterr().err
+    assert main(["retrieve", str(pool / "prompts.txt"), str(pool / "pool"), "--retrieve.examples", "no/such"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: retrieve.examples='no/such' is not a folder; give one holding "
+                                               "<class>/*.jpg, a few example images per prompts class")
+    assert main(["retrieve", str(pool / "prompts.txt"), str(pool / "pool"), "--retrieve.rerank", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: retrieve.rerank=-1 is invalid; it must be >= 0 (0: no re-ranking)"
 
 
 # ----------------------------------------------------------------------------- distill --prompts --pool

@@ -79,6 +79,7 @@ def plan_retrieval(
     from edgedistill.teachers import create_teacher
 
     plist = read_prompts(prompts)
+    examples = open_examples(cfg.examples, class_names(plist)) if cfg.examples is not None else None
     paths = [str(Path(p).expanduser().resolve()) for p in ([pool] if isinstance(pool, (str, os.PathLike)) else pool)]
     if not paths:
         raise ConfigError("retrieve needs a pool: a folder, a .tar or a folder of .tar shards of unlabeled images")
@@ -112,7 +113,6 @@ def plan_retrieval(
         search = "faiss"
     else:
         search = "exact"
-    examples = open_examples(cfg.examples, class_names(plist)) if cfg.examples is not None else None
     classes = class_names(plist) + ([OTHER] if cfg.other else [])
     identities = [splits.sources[k].identity() for k in splits.sources_of("unlabeled")]
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("search", "faiss_min_pool")}  # same images either way
