@@ -167,7 +167,7 @@ def pool_data(work: Path, held_out: bool = True, max_unlabeled: int | None = Non
 
 def retrieve_cfg(args: argparse.Namespace) -> RetrieveConfig:
     return RetrieveConfig(top_k=args.top_k, min_score=args.min_score, margin=args.margin, dedup=args.dedup,
-                          balance=args.balance, search="exact")
+                          balance=args.balance, search="exact", rerank=args.rerank)
 
 
 def _plan(work: Path, args: argparse.Namespace):
@@ -342,6 +342,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--margin", type=float, default=0.0)
     p.add_argument("--dedup", type=float, default=0.95)
     p.add_argument("--balance", type=float, default=None)
+    p.add_argument("--rerank", type=int, default=0, help="retrieve.rerank rounds; 0, as when the figures in "
+                   "docs/benchmarks.md were made (issue 10, before re-ranking existed)")
     p.add_argument("--epochs", type=int, default=15, help="epochs of (a) and (c); (b) gets their optimizer steps")
     p.add_argument("--pool-epochs", type=int, default=None, help="train (b) for this many full epochs instead")
     p.add_argument("--batch-size", type=int, default=256)

@@ -204,19 +204,19 @@ def speed(work: Path, args: argparse.Namespace) -> dict:
             e = torch.relu(torch.nn.functional.adaptive_avg_pool2d(x.float(), 8).flatten(1) @ self.proj)
             return {"embedding": e, "logits": e @ self.cls}
 
-    files = [f for fs in cifar_files().values() for f in fs]
-    pool = work / "pool100k"
+    files = [f for fs in cifar_files().values() for f in fs][:args.speed_images // 2]
+    pool = work / f"pool{args.speed_images}"
     if not pool.is_dir():
-        for part in ("synthetic-a", "synthetic-b"):
+        for part in (f"synthetic{args.speed_images}-a", f"synthetic{args.speed_images}-b"):
             (pool / part).mkdir(parents=True)
             for i, f in enumerate(files):
-                (pool / part / f"{i:05d}.jpg").symlink_to(f)
+                (pool / part / f"{i:05d}.jpg").symlink_to(f)  # own source keys: not a real pool's
     storage.write_text(work / "prompts.txt", PROMPTS["names"])
     teacher = SyntheticTeacher()
     out = {}
     for name, rerank in (("names", 0), ("rerank", max(RetrieveConfig().rerank, 1))):
         cfg = RetrieveConfig(top_k=args.top_k, search="exact", rerank=rerank)
-        plan = plan_retrieval(work / "prompts.txt", [str(pool / "synthetic-a"), str(pool / "synthetic-b")], teacher_cfg(), cfg,
+        plan = plan_retrieval(work / "prompts.txt", [str(p) for p in sorted(pool.iterdir())], teacher_cfg(), cfg,
                               work / "out" / name, args.cache_dir, teacher_model=teacher)
         t0 = time.perf_counter()
         record = run_retrieval(plan, num_workers=args.num_workers, log=_log)  # the first one caches the pool
@@ -227,7 +227,7 @@ def speed(work: Path, args: argparse.Namespace) -> dict:
 
             shutil.rmtree(work / "out" / name)
             t0 = time.perf_counter()
-            run_retrieval(plan_retrieval(work / "prompts.txt", [str(pool / "synthetic-a"), str(pool / "synthetic-b")], teacher_cfg(), cfg,
+            run_retrieval(plan_retrieval(work / "prompts.txt", [str(p) for p in sorted(pool.iterdir())], teacher_cfg(), cfg,
                                          work / "out" / name, args.cache_dir, teacher_model=teacher),
                           num_workers=args.num_workers, log=_log)
             times.append(time.perf_counter() - t0)
@@ -286,6 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rerank-weight", type=float, default=None)
     p.add_argument("--no-center", action="store_true", help="retrieve.rerank_center false (cosines from the origin)")
     p.add_argument("--repeat", type=int, default=3, help="speed: timed runs after the first")
+    p.add_argument("--speed-images", type=int, default=100_000, help="speed: pool size (CIFAR-10 files linked twice)")
     p.add_argument("--fresh", action="store_true", help="redo finished retrievals (else reused)")
     p.add_argument("--cache-dir", default=str(Path("~/.cache/edgedistill").expanduser()))
     p.add_argument("--num-workers", type=int, default=2)
