@@ -243,49 +243,50 @@ def test_exact_search_streams_shards_and_breaks_ties_by_pool_order():
     np.testing.assert_array_equal(pool.rows("embedding", np.array([12, 2, 0])), allx[[12, 2, 0]])
 
 
-def test_query_margin_is_the_centroid_cosine_over_the_best_other_class():
+def test_query_margin_is_the_neighbour_similarity_over_the_other_classes_and_the_background():
     from edgedistill.heads import TextHead
-    from edgedistill.retrieve import Query, Scorer
+    from edgedistill.retrieve import Query, Scorer, centered, knn_similarity
 
-    mu = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0]], np.float32)  # class 2 has no centroid
-    q = Query(Scorer(TextHead(torch.eye(3), 100.0), "text"), mu, 0.5)
-    x = np.array([[3, 4, 0], [0, 0, 2]], np.float32)  # cosines to the centroids: (0.6, 0.8), (0, 0)
-    np.testing.assert_allclose(q.margins(x), [[0.6 - 0.8, 0.8 - 0.6, 0], [0, 0, 0]], atol=1e-6)
-    np.testing.assert_allclose(q.scores({"embedding": x}), [[0.6 - 0.1, 0.8 + 0.1, 0], [0, 0, 1]], atol=1e-6)
-    alone = Query(q.head, mu * np.array([[1], [0], [0]], np.float32), 1.0)  # no other centroid: the cosine itself
-    np.testing.assert_allclose(alone.margins(x)[:, 0], [0.6, 0], atol=1e-6)
-    # measured from the pool's mean: all-positive features [1, 1] and [1, 0.8] are close; less [1, 0.9] they point apart
-    from edgedistill.retrieve import centroids
-
+    z = np.array([[1, 0, 0], [0.6, 0.8, 0], [0, 0, 1]], np.float32)
+    refs = np.array([[1, 0, 0], [0, 1, 0], [0.6, 0.8, 0]], np.float32)
+    np.testing.assert_allclose(knn_similarity(z, refs, 2), [(1 + 0.6) / 2, (1 + 0.8) / 2, 0], atol=1e-6)
+    assert np.isneginf(knn_similarity(z, refs[:0], 2)).all()
+    pos = [np.array([[1, 0, 0]], np.float32), np.array([[0, 1, 0]], np.float32), np.zeros((0, 3), np.float32)]
+    q = Query(Scorer(TextHead(torch.eye(3), 100.0), "text"), pos, np.array([[0, 0, 1]], np.float32), 0.5, knn=1)
+    x = np.array([[3, 4, 0], [0, 0, 2]], np.float32)  # sims to the classes: (0.6, 0.8), (0, 0); to the background 0, 1
+    np.testing.assert_allclose(q.margins(x), [[0.6 - 0.8, 0.8 - 0.6, 0], [0 - 1, 0 - 1, 0]], atol=1e-6)
+    np.testing.assert_allclose(q.scores({"embedding": x}), [[0.6 - 0.1, 0.8 + 0.1, 0], [-0.5, -0.5, 1]], atol=1e-6)
+    alone = Query(q.head, [pos[0], pos[2], pos[2]], np.zeros((0, 3), np.float32), 1.0, knn=1)
+    np.testing.assert_allclose(alone.margins(x)[:, 0], [0.6, 0], atol=1e-6)  # nothing else: the similarity itself
+    # measured from the pool's mean: all-positive features [1, 1] and [1, 0.8] are close; less their mean, opposite
     feats = np.array([[1, 1, 0], [1, 0.8, 0]], np.float32)
     center = (feats / np.linalg.norm(feats, axis=1, keepdims=True)).mean(0)
-    mu_c = centroids([feats[:1], feats[1:]], 3, center)
-    np.testing.assert_allclose(mu_c @ mu_c.T, [[1, -1], [-1, 1]], atol=1e-5)  # opposite, once centered
-    raw = centroids([feats[:1], feats[1:]], 3)
-    assert float(raw[0] @ raw[1]) > 0.99
-    cq = Query(q.head, np.concatenate([mu_c, np.zeros((1, 3), np.float32)]), 1.0, center)
-    np.testing.assert_allclose(cq.margins(feats)[:, :2], [[2, -2], [-2, 2]], atol=1e-5)
+    c, raw = centered(feats, center), centered(feats, None)
+    assert float(c[0] @ c[1]) == pytest.approx(-1, abs=1e-5) and float(raw[0] @ raw[1]) > 0.99
 
 
 def test_reranking_pulls_in_the_images_near_the_most_confident_ones():
-    """Three clear class-0 images (head 0.9), five of their kind the head scores 0.5, five distractors it scores 0.6:
-    the head's top 5 holds two distractors; one round of feedback from the top 3 ranks all five of the kind first."""
+    """Three clear class-0 images (head 0.9), five of their kind the head scores 0.5, five distractors it scores 0.6
+    (and a background that scores low): the head's top 5 holds two distractors; one round of feedback from the top 3
+    ranks all five of the kind ahead of every distractor."""
     from edgedistill.heads import TextHead
-    from edgedistill.retrieve import Query, Scorer, exact_search, refine
+    from edgedistill.retrieve import Query, Scorer, background, exact_search, refine
 
     rng = np.random.default_rng(0)
-    proto = np.tile([0.9, 0, 0.43, 0], (3, 1))
-    kind = np.tile([0.5, 0, 0.86, 0], (5, 1)) + rng.normal(0, 0.01, (5, 4))
-    distractor = np.tile([0.6, 0, -0.8, 0], (5, 1)) + rng.normal(0, 0.01, (5, 4))
-    other = np.tile([0, 1, 0, 0.3], (3, 1))
-    emb = np.concatenate([proto, distractor, kind, other]).astype(np.float32)  # ids: 0-2, 3-7, 8-12, 13-15
+    proto = np.tile([0.9, 0, 0.43, 0, 0], (3, 1))
+    kind = np.tile([0.5, 0, 0.86, 0, 0], (5, 1)) + rng.normal(0, 0.01, (5, 5))
+    distractor = np.tile([0.6, 0, -0.5, 0.6, 0], (5, 1)) + rng.normal(0, 0.01, (5, 5))
+    other = np.tile([0, 1, 0, 0, 0.3], (3, 1))
+    back = np.tile([0.05, 0.05, -0.3, 0.9, 0.3], (20, 1)) + rng.normal(0, 0.05, (20, 5))  # near the distractors
+    emb = np.concatenate([proto, distractor, kind, other, back]).astype(np.float32)  # ids 0-2, 3-7, 8-12, 13-15, 16-
     pool = _fake_pool([emb], [np.ones(len(emb), bool)])
-    head = Scorer(TextHead(torch.eye(4)[:2], 100.0), "text")
+    head = Scorer(TextHead(torch.eye(5)[:2], 100.0), "text")
     found = exact_search(pool, head, 8)
     assert set(found[0][:3]) == {0, 1, 2} and set(found[0][3:5]) < set(range(3, 8))  # the head: then distractors
+    assert set(background(pool, head, 0, n=10)) <= set(range(16, 36))  # the low scorers
     cfg = RetrieveConfig(rerank=1, rerank_top=3, rerank_weight=1.0)
     scorer, refound, rounds = refine(pool, head, found, None, cfg, 8)
-    assert isinstance(scorer, Query) and rounds == [{"examples": [0, 0], "pool": [3, 3]}]
+    assert isinstance(scorer, Query) and rounds == [{"examples": [0, 0], "pool": [3, 3], "background": 18}]
     assert set(refound[0][:8]) == set(range(3)) | set(range(8, 13))  # prototypes and their kind; no distractor
     assert refine(pool, head, found, None, RetrieveConfig(rerank=0), 8)[1] is found  # off: the head's own
 
@@ -427,15 +428,15 @@ def test_example_images_join_the_query_are_cached_and_never_retrieved(clip_run, 
     counts = {c: len(v) for c, v in picked.items() if v}
     assert plan.key != clip_run[0].key and record["query"]["examples"]["counts"] == counts
     n_ex = [counts.get(c, 0) for c in record["classes"]]
-    assert record["query"]["centroid_images"][0] == {"examples": n_ex, "pool": [0, 0, 0]}
-    assert record["query"]["centroid_images"][1]["examples"] == n_ex
+    assert record["query"]["positives"][0]["examples"] == n_ex and record["query"]["positives"][0]["pool"] == [0, 0, 0]
+    assert record["query"]["positives"][1]["examples"] == n_ex
     assert list((pool / "cache").glob("*/examples/examples/*/manifest.json"))  # cached like a pool source
     rows = _rows(tmp_path / "out" / "manifest.csv")
     digests = {hashlib.sha256(Path(path).read_bytes()).digest() for ps in picked.values() for path in ps}
     assert len(picked[first]) == 2 and rows and not any(hashlib.sha256(Path(r["path"]).read_bytes()).digest() in digests
                                                         for r in rows if "::" not in r["path"])  # by content
     assert sum(pc["drops"].get("one of the example images", 0) for pc in record["per_class"].values()) >= 2
-    # a row's score is its head cosine plus the weighted centroid margin, as its why says
+    # a row's score is its head cosine plus the weighted neighbour margin, as its why says
     from edgedistill.cache import ensure_cache
     from edgedistill.retrieve import Scorer
 
@@ -445,7 +446,7 @@ def test_example_images_join_the_query_are_cached_and_never_retrieved(clip_run, 
     for r in rows[:4]:
         gid = rp.offsets[rp.keys.index(r["source"])] + int(r["index"])
         s0 = head(rp.rows("embedding", [gid]))[0, record["classes"].index(r["class"])]
-        q, m = (float(v) for v in re.search(r"query (-?[\d.]+) \+ 0.5 x centroid margin (-?[\d.]+)", r["why"]).groups())
+        q, m = (float(v) for v in re.search(r"query (-?[\d.]+) \+ 0.5 x neighbour margin (-?[\d.]+)", r["why"]).groups())
         assert q == pytest.approx(s0, abs=1e-3) and float(r["score"]) == pytest.approx(q + 0.5 * m, abs=2e-3)
         assert "query alone: rank" in r["why"]
     with pytest.raises(ConfigError, match=r"retrieve.examples=.*folder\(s\) \['purple'\] name no class of the prompts"):

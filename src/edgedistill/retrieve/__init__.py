@@ -9,8 +9,9 @@
 A head score is the zero-shot head's: the cosine between an image's embedding and a class's text
 embedding (CLIP teachers), or the class's label-map probability (ImageNet classifiers). With
 example images (``retrieve.examples``) or re-ranking (``retrieve.rerank``, on by default) the score
-is ``head_c(x) + w * (cos(x, mu_c) - max_{c' != c} cos(x, mu_c'))``, ``mu_c`` the centroid of the
-class's examples and of its most confident pool images (:class:`Query`). The pool streams through
+is ``head_c(x) + w * (sim(x, P_c) - max(max_{c' != c} sim(x, P_c'), sim(x, N)))``: ``sim`` the mean
+cosine to the 5 nearest, ``P_c`` the class's examples and most confident pool images, ``N`` a
+background of low-scoring pool images (:class:`Query`). The pool streams through
 the cache: scores are computed shard by shard from its memory maps, and only the candidates'
 rows are read again, so no ``[N, C]`` matrix is ever held.
 
@@ -42,15 +43,15 @@ from __future__ import annotations
 from edgedistill.retrieve.command import format_counts, retrieve_command
 from edgedistill.retrieve.manifest import FORMAT, MANIFEST_COLUMNS, manifest_sources, read_manifest, write_manifest
 from edgedistill.retrieve.pool import PoolRows, item_sha256
-from edgedistill.retrieve.refine import Examples, load_examples, open_examples, refine
+from edgedistill.retrieve.refine import Examples, background, load_examples, open_examples, refine
 from edgedistill.retrieve.run import RetrievalPlan, finished_retrieval, plan_retrieval, run_retrieval
-from edgedistill.retrieve.scoring import Query, Scorer, centroids
+from edgedistill.retrieve.scoring import Query, Scorer, centered, knn_similarity
 from edgedistill.retrieve.search import FAISS_INDEX, exact_search, faiss_index, faiss_search
 from edgedistill.retrieve.select import Kept, apply_balance, draw_other, select_class
 from edgedistill.retrieve.sheet import contact_sheet
 
 __all__ = ["FAISS_INDEX", "FORMAT", "MANIFEST_COLUMNS", "Examples", "Kept", "PoolRows", "Query", "RetrievalPlan", "Scorer",
-           "apply_balance", "centroids", "contact_sheet", "draw_other", "exact_search", "faiss_index", "faiss_search",
-           "finished_retrieval", "format_counts", "item_sha256", "load_examples", "manifest_sources", "open_examples",
+           "apply_balance", "background", "centered", "contact_sheet", "draw_other", "exact_search", "faiss_index", "faiss_search",
+           "finished_retrieval", "format_counts", "item_sha256", "knn_similarity", "load_examples", "manifest_sources", "open_examples",
            "plan_retrieval", "read_manifest", "refine", "retrieve_command", "run_retrieval", "select_class",
            "write_manifest"]

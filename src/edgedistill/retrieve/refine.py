@@ -1,5 +1,5 @@
-"""Example images and re-ranking: the head's query moved toward each class's centroid in the teacher's
-embedding space (the rule is :class:`edgedistill.retrieve.scoring.Query`'s)."""
+"""Example images and re-ranking: the head's query moved toward each class's positives (and away from the
+background) in the teacher's embedding space (the rule is :class:`edgedistill.retrieve.scoring.Query`'s)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from edgedistill.config import RetrieveConfig
 from edgedistill.deploy.runtime import l2_normalize
 from edgedistill.errors import ConfigError
 from edgedistill.retrieve.pool import PoolRows
-from edgedistill.retrieve.scoring import Query, Scorer, centroids
+from edgedistill.retrieve.scoring import Query, Scorer, centered
 from edgedistill.retrieve.search import exact_search
 
 
@@ -84,29 +84,45 @@ def pool_mean(pool: PoolRows) -> np.ndarray:
     return (total / max(n, 1)).astype(np.float32)
 
 
+NEGATIVES = 512
+"""Background images re-ranking compares with: the lower-scoring half of a seeded sample of twice as many."""
+
+
+def background(pool: PoolRows, head: Scorer, seed: int, n: int = NEGATIVES) -> np.ndarray:
+    """int64 global ids of up to ``n`` readable pool images that score low for every class: of a seeded random
+    sample of ``2n``, the half whose best head score is lowest (reads ``2n`` rows, not the pool)."""
+    sample = np.sort(np.random.default_rng(seed).permutation(np.flatnonzero(pool.valid))[:2 * n])
+    if len(sample) == 0:
+        return sample.astype(np.int64)
+    best = head.scores(pool.rows_of(head.arrays, sample)).max(1)
+    return sample[np.argsort(best, kind="stable")[:max(1, min(n, len(sample) // 2))]].astype(np.int64)
+
+
 def refine(pool: PoolRows, head: Scorer, found: list[np.ndarray], examples: Examples | None, cfg: RetrieveConfig,
            k: int) -> tuple[Scorer | Query, list[np.ndarray], list[dict]]:
     """The final query and its candidates: the head's, moved by the example images and re-ranking rounds.
 
-    With examples, each class's centroid starts as theirs and the pool is searched with the :class:`Query`; each
-    re-ranking round then adds to every centroid its class's ``rerank_top`` most confident images under the current
-    query (those whose best class it is, examples excluded) and searches again. Without either: the head as it is.
+    With examples, each class's positives start as them and the pool is searched with the :class:`Query`; each
+    re-ranking round then adds to every class's positives its ``rerank_top`` most confident images under the current
+    query (those whose best class it is, examples excluded) and searches again. The background is drawn once
+    (:func:`background`). Without examples or re-ranking: the head as it is.
 
     Returns:
-        ``(scorer, candidates per class (global ids, best first), per round the images in each centroid)``.
+        ``(scorer, candidates per class (global ids, best first), per step the positives of each class)``.
     """
     if examples is None and not cfg.rerank:
         return head, found, []
     C, D = head.num_classes, int(pool.caches[0].embedding.shape[1])
-    seeds = [examples.emb[examples.labels == c] if examples is not None else np.zeros((0, D), np.float32)
-             for c in range(C)]
     center = pool_mean(pool) if cfg.rerank_center else None
+    seeds = [centered(examples.emb[examples.labels == c], center) if examples is not None
+             else np.zeros((0, D), np.float32) for c in range(C)]
+    negatives = centered(pool.rows("embedding", background(pool, head, cfg.seed)), center)
     scorer: Scorer | Query = head
     rounds: list[dict] = []
     if examples is not None:
-        scorer = Query(head, centroids(seeds, D, center), cfg.rerank_weight, center)
+        scorer = Query(head, seeds, negatives, cfg.rerank_weight, center)
         found = exact_search(pool, scorer, k)
-        rounds.append({"examples": [len(g) for g in seeds], "pool": [0] * C})
+        rounds.append({"examples": [len(g) for g in seeds], "pool": [0] * C, "background": len(negatives)})
     hashes: dict[int, str] = {}
     for _ in range(cfg.rerank):
         tops = []
@@ -116,9 +132,9 @@ def refine(pool: PoolRows, head: Scorer, found: list[np.ndarray], examples: Exam
             mine = [int(g) for g in ids[order][s[order].argmax(1) == c]]
             if examples is not None:
                 mine = [g for g in mine if hashes.setdefault(g, pool.content_sha256(g)) not in examples.sha256]
-            tops.append(pool.rows("embedding", np.array(mine[:cfg.rerank_top], np.int64)))
-        scorer = Query(head, centroids([np.concatenate([e, t]) for e, t in zip(seeds, tops)], D, center),
-                       cfg.rerank_weight, center)
+            tops.append(centered(pool.rows("embedding", np.array(mine[:cfg.rerank_top], np.int64)), center))
+        scorer = Query(head, [np.concatenate([e, t]) for e, t in zip(seeds, tops)], negatives, cfg.rerank_weight,
+                       center)
         found = exact_search(pool, scorer, k)
-        rounds.append({"examples": [len(g) for g in seeds], "pool": [len(t) for t in tops]})
+        rounds.append({"examples": [len(g) for g in seeds], "pool": [len(t) for t in tops], "background": len(negatives)})
     return scorer, found, rounds

@@ -194,13 +194,13 @@ def run_retrieval(plan: RetrievalPlan, *, num_workers: int = 2, log: Callable[[s
             emb = l2_normalize(x["embedding"][order] if "embedding" in x else pool.rows("embedding", ids[order]))
         rows, more = select_class(c, names, ids[order], s[order], emb, cfg)
         drops.update(more)
-        if isinstance(scorer, Query):  # say what the query alone gave and what the centroid added
+        if isinstance(scorer, Query):  # say what the query alone gave and what the neighbours added
             at = {int(g): j for j, g in enumerate(ids)}
             s0 = head.scores({a: v for a, v in x.items() if a in head.arrays})[:, c]
             margin = scorer.margins(x["embedding"])[:, c]
             for r in rows:
                 j, r0 = at[r.gid], first[c].get(r.gid)
-                r.why += f"; query {s0[j]:.3f} + {cfg.rerank_weight:g} x centroid margin {margin[j]:.3f}"
+                r.why += f"; query {s0[j]:.3f} + {cfg.rerank_weight:g} x neighbour margin {margin[j]:.3f}"
                 r.why += (f"; came in through {came_by} (query alone: rank {r0 or f'> {k + _PAD}'})"
                           if r0 is None or r0 > cfg.top_k else f"; query alone: rank {r0}")
         kept.append(rows)
@@ -240,11 +240,11 @@ def run_retrieval(plan: RetrievalPlan, *, num_workers: int = 2, log: Callable[[s
                  "label_map": ("label_map.json" if plan.kind == "label_map" else None),
                  "label_map_from_names": plan.review is not None},
         "score": ("cosine to the class's text embedding" if plan.kind == "text" else "label-map probability")
-                 + (f" + {cfg.rerank_weight:g} x centroid margin" if isinstance(scorer, Query) else ""),
+                 + (f" + {cfg.rerank_weight:g} x neighbour margin" if isinstance(scorer, Query) else ""),
         "query": {"examples": None if examples is None else {"path": str(plan.examples.root), "counts": examples.counts,
                                                               "identity": plan.examples.identity()},
                   "rerank": cfg.rerank, "rerank_top": cfg.rerank_top, "rerank_weight": cfg.rerank_weight,
-                  "centroid_images": feedback},
+                  "positives": feedback},
         "settings": asdict(cfg), "search": plan.search, "candidates_per_class": k, "balance_cap": cap,
         "counts": {name: len(kept[c]) for c, name in enumerate(plan.classes)},
         "per_class": per_class, "kept": sum(len(k_) for k_ in kept),

@@ -1,10 +1,10 @@
-"""Scores: the zero-shot head's (:class:`Scorer`) and the head plus a centroid margin in the teacher's
+"""Scores: the zero-shot head's (:class:`Scorer`) and the head plus a neighbour margin in the teacher's
 embedding space (:class:`Query`: example images, re-ranking)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,42 +58,52 @@ def centered(emb: np.ndarray, center: np.ndarray | None) -> np.ndarray:
     """Normalised embeddings, less the pool's mean direction and normalised again when ``center`` is given.
 
     A CNN's pooled features are all positive, so every pair of images has a high cosine; measured from the pool's
-    mean they spread out, and a centroid's cosine tells a class from the rest.
+    mean they spread out, and a neighbour's cosine tells a class from the rest.
     """
     e = l2_normalize(np.asarray(emb, np.float32))
     return e if center is None else l2_normalize(e - center[None])
 
 
-def centroids(groups: Sequence[np.ndarray], dim: int, center: np.ndarray | None = None) -> np.ndarray:
-    """float32 ``[C, D]``: per class the normalised mean of its :func:`centered` embeddings ``[n_c, D]``; zeros
-    where none."""
-    out = np.zeros((len(groups), dim), np.float32)
-    for c, g in enumerate(groups):
-        if len(g):
-            out[c] = l2_normalize(centered(g, center).mean(0, keepdims=True))[0]
-    return out
+KNN = 5
+"""Neighbours a similarity averages over (:func:`knn_similarity`)."""
+
+
+def knn_similarity(z: np.ndarray, refs: np.ndarray, k: int = KNN) -> np.ndarray:
+    """float32 ``[n]``: the mean of each row's ``k`` highest cosines to ``refs`` ``[m, D]`` (all of them when
+    ``m <= k``); -inf when there are none. Rows of both are :func:`centered` embeddings."""
+    if len(refs) == 0:
+        return np.full(len(z), -np.inf, np.float32)
+    s = z @ refs.T  # [n, m]
+    k = min(k, s.shape[1])
+    return np.partition(s, s.shape[1] - k, axis=1)[:, -k:].mean(1).astype(np.float32)
 
 
 @dataclass
 class Query:
     """The head's score plus a margin in the teacher's embedding space (example images, pseudo-relevance feedback).
 
-    ``score_c(x) = head_c(x) + weight * (cos(x, mu_c) - max_{c' != c} cos(x, mu_c'))``, where ``mu_c`` is class
-    ``c``'s centroid: the normalised mean of its example images and (re-ranking) its most confident pool images. The
-    margin is against the other classes' centroids, so an image near every class gains nothing; a class without a
-    centroid keeps its head score (its margin is 0), and when no other class has one the margin is ``cos(x, mu_c)``.
+    ``score_c(x) = head_c(x) + weight * (sim(x, P_c) - max(max_{c' != c} sim(x, P_c'), sim(x, N)))``, where ``sim``
+    is :func:`knn_similarity` (the mean cosine to the ``knn`` nearest), ``P_c`` class ``c``'s positives (its example
+    images and, re-ranking, its most confident pool images) and ``N`` the background: pool images that score low for
+    every class. Nearest neighbours rather than one centroid, and a background besides the other classes, because a
+    pool holds far more than the named classes and each of them is many modes (trucks sit near ships in a CNN's
+    space, not near a ship centroid's mean). A class without positives keeps its head score (margin 0).
 
     Attributes:
         head: The zero-shot head's scorer (cosine to the text embedding, or label-map probability).
-        mu: float32 ``[C, D]`` normalised centroids, zero rows for classes without.
+        positives: Per class, float32 ``[n_c, D]`` centered embeddings (``n_c`` may be 0).
+        negatives: float32 ``[m, D]`` centered embeddings of the background (``m`` may be 0).
         weight: The margin's weight.
+        center: The pool's mean normalised embedding ``[D]``: cosines are measured from it (:func:`centered`).
+        knn: Neighbours each similarity averages over.
     """
 
     head: Scorer
-    mu: np.ndarray
+    positives: list[np.ndarray]
+    negatives: np.ndarray
     weight: float
     center: np.ndarray | None = None
-    """The pool's mean normalised embedding ``[D]``: cosines are measured from it (:func:`centered`); None: from 0."""
+    knn: int = KNN
 
     @property
     def arrays(self) -> tuple[str, ...]:
@@ -104,15 +114,19 @@ class Query:
         return self.head.num_classes
 
     def margins(self, emb: np.ndarray) -> np.ndarray:
-        """float32 ``[n, C]``: each class's centroid cosine minus the best other class's (see the class docstring)."""
-        has = np.abs(self.mu).sum(1) > 0  # [C]
-        cos = centered(emb, self.center) @ self.mu.T  # [n, C]
-        masked = np.where(has[None], cos, -np.inf)
-        order = np.argsort(-masked, axis=1)
-        best, second = np.take_along_axis(masked, order[:, :1], 1), np.take_along_axis(masked, order[:, 1:2], 1)
-        other = np.where(order[:, :1] == np.arange(cos.shape[1])[None], second, best)  # [n, C] best of the others
-        other = np.where(np.isfinite(other), other, 0.0)
-        return np.where(has[None], cos - other, 0.0).astype(np.float32)
+        """float32 ``[n, C]``: each class's neighbour similarity less the best of the other classes' and the
+        background's (see the class docstring); 0 for a class without positives."""
+        z = centered(emb, self.center)
+        sims = np.stack([knn_similarity(z, p, self.knn) for p in self.positives], 1)  # [n, C]; -inf: no positives
+        bg = knn_similarity(z, self.negatives, self.knn)[:, None]  # [n, 1]
+        C = sims.shape[1]
+        order = np.argsort(-sims, axis=1)
+        best = np.take_along_axis(sims, order[:, :1], 1)
+        second = np.take_along_axis(sims, order[:, 1:2], 1) if C > 1 else np.full_like(best, -np.inf)
+        other = np.maximum(np.where(order[:, :1] == np.arange(C)[None], second, best), bg)  # [n, C]
+        has = np.array([len(p) > 0 for p in self.positives])[None]
+        margin = sims - np.where(np.isfinite(other), other, 0.0)
+        return np.where(has, margin, 0.0).astype(np.float32)
 
     def scores(self, rows: dict[str, np.ndarray]) -> np.ndarray:
         return self.head.scores(rows) + self.weight * self.margins(rows["embedding"])
