@@ -575,20 +575,20 @@ class RetrieveConfig:
     """Label map from names: highest WordNet sense number of a term that may match (1: the word's usual sense)."""
     examples: str | None = None
     """Folder of example images, ``<examples>/<class>/*.jpg`` (a few per class; every folder a prompts class): the
-    teacher embeds them (cached like the pool) and each class's score gains ``rerank_weight x`` the margin of an
-    image's cosine to the class's example centroid over the other classes'. Pool images identical to an example
-    (same bytes) are never retrieved."""
+    teacher embeds them (cached like the pool) and they become their class's positives (see ``rerank_weight``). Pool
+    images identical to an example (same bytes) are never retrieved."""
     rerank: int = 1
-    """Rounds of re-ranking in the teacher's embedding space (pseudo-relevance feedback): each class's centroid takes
-    in its ``rerank_top`` most confident images and the pool is scored again (see ``examples``); 0: off."""
+    """Rounds of re-ranking in the teacher's embedding space (pseudo-relevance feedback): each class's ``rerank_top``
+    most confident images join its positives and the pool is scored again; 0: off."""
     rerank_top: int = 20
-    """Re-ranking: a class's most confident images (its own best class) that join its centroid each round."""
+    """Re-ranking: a class's most confident images (its own best class) that join its positives each round."""
     rerank_weight: float = 1.0
-    """Weight of the centroid margin added to the head's score (cosine for CLIP text heads, probability for label
-    maps), for example images and re-ranking alike."""
+    """Weight of the neighbour margin added to the head's score (cosine for CLIP text heads, probability for label
+    maps): an image's mean cosine to its 5 nearest positives of the class, less the same for the other classes and for
+    a background of low-scoring pool images; for example images and re-ranking alike."""
     rerank_center: bool = True
-    """Measure the centroid cosines from the pool's mean embedding (a CNN's pooled features are all positive, so raw
-    cosines are all high); false: from the origin."""
+    """Measure those cosines from the pool's mean embedding (a CNN's pooled features are all positive, so raw cosines
+    are all high); false: from the origin."""
     sheet_top: int = 8
     """Contact sheet: the highest-scoring images shown per class."""
     sheet_border: int = 8
