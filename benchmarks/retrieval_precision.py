@@ -23,6 +23,7 @@ times ``retrieve`` on a pool of 100,000 cached images (see :func:`speed`).
 
     python benchmarks/retrieval.py --suite precision --cut report            # ~2 min on 2 cores, cache included
     python benchmarks/retrieval.py --suite precision --cut tune --rerank-top 10
+    python benchmarks/retrieval.py --suite precision --stages ceiling         # what the embedding space allows
     python benchmarks/retrieval.py --suite precision --stages speed           # the 100k-image timing
 """
 
@@ -167,6 +168,41 @@ def precision(work: Path, args: argparse.Namespace) -> dict:
     return out
 
 
+def ceiling(work: Path, args: argparse.Namespace) -> dict:
+    """What the teacher's embedding space allows: precision@100 of a leave-one-out 5-nearest-neighbour ranking that
+    knows every pool image's true label (positives: the class's other images; negatives: all the rest), in the same
+    centered cosine space re-ranking uses. Labels are used here on purpose: it is a ceiling for positives the user
+    or the feedback could give, not a retrieval."""
+    from edgedistill.cache import TeacherCache
+    from edgedistill.retrieve import centered
+    from edgedistill.teachers import create_teacher
+
+    prepare(work, args.cut, args.per_class, args.examples)
+    pool_dir = work / f"pool-{args.cut}"
+    caches = [TeacherCache(m.parent, storage.read_json(m)) for m in Path(args.cache_dir).glob(
+        f"{create_teacher(teacher_cfg(), args.cache_dir).fingerprint[:16]}/pool/{pool_dir.name}/*/manifest.json")]
+    if not caches:
+        sys.exit(f"no teacher cache of {pool_dir}: run the precision stage first")
+    cache = caches[0]
+    from edgedistill.data.sources import UnlabeledImages
+
+    labels = storage.read_json(work / "hidden_labels.json")
+    y = np.array([labels[f.name] for f in UnlabeledImages(pool_dir, "ceiling").files])
+    emb = np.asarray(cache.embedding[np.arange(len(cache))], np.float32)
+    z = centered(emb, centered(emb, None).mean(0))
+    sim = z @ z.T  # [N, N]
+    np.fill_diagonal(sim, -np.inf)  # leave one out
+    out = {}
+    for c in TARGETS:
+        def knn(cols: np.ndarray, k: int = 5) -> np.ndarray:
+            s_ = sim[:, cols]
+            return np.sort(np.partition(s_, s_.shape[1] - k - 1, axis=1)[:, -k - 1:], axis=1)[:, -k:].mean(1)
+        score = knn(np.flatnonzero(y == c)) - knn(np.flatnonzero(y != c))  # the -inf self is never among the 5
+        top = np.argsort(-score, kind="stable")
+        out[c] = {f"p@{k}": float(np.mean(y[top[:k]] == c)) for k in KS}
+    return out
+
+
 # ----------------------------------------------------------------------------- speed
 
 
@@ -264,6 +300,12 @@ def report(res: dict) -> str:
                                   f"{s['settings']['rerank_weight']}, centered {s['settings']['rerank_center']}"
                                   for n, s in p["settings"].items()
                                   if s["settings"]["rerank"] or s["settings"]["examples"]) + "."]
+    if "ceiling" in res:
+        lines += ["", f"Ceiling of the teacher's embedding space on cut `{res['cut']}` (leave-one-out 5-NN with every "
+                  "pool image's true label, centered cosines):", "",
+                  "| class | " + " | ".join(f"p@{k}" for k in KS) + " |", "|---|" + "---:|" * len(KS)]
+        for c, v in res["ceiling"].items():
+            lines.append(f"| {c} | " + " | ".join(f"{v[f'p@{k}']:.2f}" for k in KS) + " |")
     if "speed" in res:
         lines += ["", "| pool (cached) | setting | retrieve, median s | runs (s) | search s |", "|---:|---|---:|---|---:|"]
         for name, s in res["speed"].items():
@@ -275,7 +317,7 @@ def report(res: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, default=None, help="working folder; default runs/bench_retrieval_precision/<cut>")
-    p.add_argument("--stages", default="precision", help="comma-separated subset of precision,speed")
+    p.add_argument("--stages", default="precision", help="comma-separated subset of precision,ceiling,speed")
     p.add_argument("--cut", choices=CUTS, default="report", help="tune: the pool the defaults were set on; report")
     p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {','.join(SETTINGS)}")
     p.add_argument("--per-class", type=int, default=300)
@@ -294,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "benchmarks/results/retrieval_precision-<cut> (report cut) or <work>/results")
     args = p.parse_args(argv)
     stages = [s for s in args.stages.split(",") if s]
-    bad = [s for s in stages if s not in ("precision", "speed")] + [s for s in args.settings.split(",") if s not in SETTINGS]
+    bad = [s for s in stages if s not in ("precision", "ceiling", "speed")] + [s for s in args.settings.split(",") if s not in SETTINGS]
     if bad:
         p.error(f"unknown stage(s) or setting(s) {bad}")
     work = (args.work or REPO / "runs" / "bench_retrieval_precision" / args.cut).resolve()
@@ -303,6 +345,8 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     if "precision" in stages:
         res["precision"] = precision(work, args)
+    if "ceiling" in stages:
+        res["ceiling"] = ceiling(work, args)
     if "speed" in stages:
         res["speed"] = speed(work.parent / "speed", args)
     from edgedistill.deploy.bench import machine_info

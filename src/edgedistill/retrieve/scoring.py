@@ -23,10 +23,13 @@ class Scorer:
     head: Any
     kind: str
     _text: np.ndarray | None = field(default=None, repr=False)
+    _groups: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind == "text":
             self._text = l2_normalize(self.head.text_embeddings.detach().float().cpu().numpy())  # [C, D]
+        else:  # 0/1 [C, K]: the head's groups, so a class's probability is one matmul (not a [n, C, K] logsumexp)
+            self._groups = (self.head.log_mask == 0).float().cpu().numpy()
 
     @property
     def array(self) -> str:
@@ -51,7 +54,8 @@ class Scorer:
         import torch
 
         with torch.no_grad():
-            return torch.exp(self.head.float()(torch.from_numpy(np.ascontiguousarray(x)))).numpy()  # [n, C] probabilities
+            p = torch.softmax(torch.from_numpy(np.ascontiguousarray(x)).float(), dim=-1).numpy()  # [n, K]
+        return p @ self._groups.T  # [n, C]: each group's summed probability, what exp(head(x)) is
 
 
 def centered(emb: np.ndarray, center: np.ndarray | None) -> np.ndarray:
