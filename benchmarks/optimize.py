@@ -45,6 +45,7 @@ from edgedistill.deploy import bench as B  # noqa: E402
 from edgedistill.deploy import export as ex  # noqa: E402
 from edgedistill.deploy.runtime import ort_session, read_metadata  # noqa: E402
 from edgedistill.training import optimize as op  # noqa: E402
+from edgedistill.training.recipes import read_recipe  # noqa: E402
 
 RECIPES = {"qat": {"qat": True}, "sparse24": {"sparsity": "2:4"}, "sparse24-qat": {"sparsity": "2:4", "qat": True}}
 NOTE_SPARSE = ("ONNX Runtime on CPU has no 2:4 sparse kernels: the sparse model's zeros are stored in dense weights "
@@ -92,7 +93,7 @@ def main() -> None:
     for name, kw in RECIPES.items():
         stages[name] = op.optimize(OptimizeConfig(model=str(run), epochs=args.epochs, max_steps=args.max_steps,
                                                   calib_size=args.calib_size, **kw))
-        recipes[name] = op.read_recipe(stages[name])
+        recipes[name] = read_recipe(stages[name])
     exports = {"run": storage.read_json(_export(run, work / "run", int8=True, calib_size=args.calib_size))}
     for name, stage in stages.items():
         exports[name] = storage.read_json(_export(stage, work / name))

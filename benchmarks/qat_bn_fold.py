@@ -46,7 +46,7 @@ from edgedistill.deploy.export import DeployModel, export_onnx  # noqa: E402
 from edgedistill.deploy.quantize import quantize_int8  # noqa: E402
 from edgedistill.deploy.runtime import DeployMeta, ort_session  # noqa: E402
 from edgedistill.students import create_student  # noqa: E402
-from edgedistill.training import optimize as op  # noqa: E402
+from edgedistill.training import modelopt as mo_adapter  # noqa: E402
 
 
 def demo_tensors(split: str, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,7 +178,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=200, help="timed ONNX Runtime runs per batch size (1 thread)")
     ap.add_argument("--out", default="benchmarks/results/qat_bn_fold.json")
     args = ap.parse_args()
-    mo = op.require_modelopt("benchmarks/qat_bn_fold.py")
+    mo = mo_adapter.require_modelopt("benchmarks/qat_bn_fold.py")
     mtq = mo.mtq
     t_all = time.time()
     xtr, ytr = demo_tensors("train", None, 0)
@@ -195,7 +195,7 @@ def main() -> None:
             m(calib[i:i + 64])
 
     def qat(cfg: dict, model: nn.Module) -> nn.Module:
-        with op.modelopt_quiet():
+        with mo_adapter.modelopt_quiet():
             model = mtq.quantize(model, cfg, calibrate)
         return train(model, xtr, ytr, args.qat_steps, 0.02)
 

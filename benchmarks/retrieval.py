@@ -191,7 +191,7 @@ def cache(work: Path, args: argparse.Namespace) -> dict:
 
 def score_retrieval(work: Path, record: dict, prepared: dict) -> dict:
     """Precision and recall per target class against the hidden labels; distractor shares."""
-    from edgedistill.retrieve import read_manifest
+    from edgedistill.data.manifest import read_manifest
 
     labels = storage.read_json(work / "data" / "hidden_labels.json")
     _, rows = read_manifest(work / "retrieve" / "manifest.csv")

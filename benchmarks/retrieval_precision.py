@@ -124,7 +124,8 @@ def retrieve_cfg(args: argparse.Namespace, examples: Path | None, rerank: bool) 
 
 def run_setting(work: Path, name: str, args: argparse.Namespace, teacher) -> dict:
     """One retrieval of the cut's pool and its precision@k per target class against the hidden labels."""
-    from edgedistill.retrieve import plan_retrieval, read_manifest, run_retrieval
+    from edgedistill.data.manifest import read_manifest
+    from edgedistill.retrieve import plan_retrieval, run_retrieval
 
     prompts, with_examples, rerank = SETTINGS[name]
     cfg = retrieve_cfg(args, work / f"examples-{args.cut}" if with_examples else None, rerank)
@@ -180,7 +181,7 @@ def ceiling(work: Path, args: argparse.Namespace) -> dict:
     prepare(work, args.cut, args.per_class, args.examples)
     pool_dir = work / f"pool-{args.cut}"
     caches = [TeacherCache(m.parent, storage.read_json(m)) for m in Path(args.cache_dir).glob(
-        f"{create_teacher(teacher_cfg(), args.cache_dir).fingerprint[:16]}/pool/{pool_dir.name}/*/manifest.json")]
+        f"{create_teacher(teacher_cfg(), args.cache_dir).fingerprint[:16]}/pool/{pool_dir.name}/**/manifest.json")]
     if not caches:
         sys.exit(f"no teacher cache of {pool_dir}: run the precision stage first")
     cache = caches[0]

@@ -38,17 +38,18 @@ SCRIPT = textwrap.dedent(f"""
     from edgedistill.teachers.openclip import register_model_config
     register_model_config({TINY!r}, {TINY_CLIP!r})
     from edgedistill import cache
+    from edgedistill.cache import store
     from edgedistill.config import DataConfig, TeacherConfig
 
     # At the top level, so that the processes torch.multiprocessing spawns (which re-import this script
     # with the same argv) write their shards slowly too.
-    write = cache._write_shard
+    write = store.write_shard
 
     def slow(*args, **kwargs):
         write(*args, **kwargs)
         time.sleep(float(sys.argv[4]))
 
-    cache._write_shard = slow
+    store.write_shard = slow
 
     if __name__ == "__main__":
         root, cache_dir, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -122,9 +123,14 @@ def test_cache_matches_teacher_and_reopens(reference, teacher, images):
     want = teacher(x)["embedding"].numpy()
     np.testing.assert_allclose(reference.embedding[idx].astype(np.float32), want, rtol=2e-3, atol=2e-3)
     # a second request computes nothing and opens the same files
-    again = cache_source(teacher, _source_of(reference, images), reference.path.parents[3], shard_size=SHARD,
+    again = cache_source(teacher, _source_of(reference, images), _root(reference), shard_size=SHARD,
                          num_workers=0)
     assert again.manifest["created"] == m["created"]
+
+
+def _root(cache: TeacherCache) -> Path:
+    """The cache root of a cache folder ``<root>/<fingerprint>/<source key>/<source id>/<view>``."""
+    return cache.path.parents[len(Path(cache.manifest["source"]["key"]).parts) + 2]
 
 
 def _source_of(cache: TeacherCache, images: Path):
@@ -200,7 +206,7 @@ def _shard_stats(folder: Path) -> dict[str, tuple[int, int]]:
 @pytest.mark.slow
 def test_resume_after_sigkill_is_identical(tmp_path, images, reference):
     cache_dir = tmp_path / "cache"
-    folder = cache_dir / reference.path.relative_to(reference.path.parents[3])
+    folder = cache_dir / reference.path.relative_to(_root(reference))
     proc = _run_script(tmp_path, images, cache_dir, 1, sleep=0.7)
     deadline = time.monotonic() + 120
     while not list(folder.glob("shard_*.meta.json")):
@@ -229,7 +235,7 @@ def test_two_processes_match_one(tmp_path, images, reference):
     proc = _run_script(tmp_path, images, cache_dir, 2, sleep=1.0)  # slow shards: neither process can take them all
     out = proc.communicate(timeout=240)[0]
     assert proc.returncode == 0, out
-    folder = cache_dir / reference.path.relative_to(reference.path.parents[3])
+    folder = cache_dir / reference.path.relative_to(_root(reference))
     two = TeacherCache.open(folder, expected_fingerprint=reference.manifest["teacher"]["fingerprint"],
                             expected_source=reference.manifest["source"]["identity"])
     _assert_same(two, reference)
@@ -237,14 +243,56 @@ def test_two_processes_match_one(tmp_path, images, reference):
 
 
 def test_rank_comes_from_torchrun_else_slurm(monkeypatch):
-    for name in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+    """Lightning's cluster environments decide, as they do for training: torchrun, then an srun task, else alone."""
+    for name in ("RANK", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE",
+                 "SLURM_JOB_NAME"):
         monkeypatch.delenv(name, raising=False)
     assert rank_world() == (0, 1)
     monkeypatch.setenv("SLURM_PROCID", "3")
     monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
     assert rank_world() == (3, 4)  # srun: one task per process
+    monkeypatch.setenv("SLURM_JOB_NAME", "interactive")  # Lightning's rule: an interactive allocation is no launcher
+    assert rank_world() == (0, 1)
+    monkeypatch.delenv("SLURM_JOB_NAME")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
+    assert rank_world() == (3, 4)  # RANK alone is not torchrun
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
     assert rank_world() == (1, 2)  # torchrun inside an allocation wins
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE")
+    with pytest.raises(EdgeDistillError, match="SLURM environment refused: .*--ntasks-per-node"):
+        rank_world()  # Lightning refuses --ntasks without --ntasks-per-node; one line, not a traceback
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
     with pytest.raises(EdgeDistillError, match="rank=5 is out of range for world_size=2"):
         rank_world(rank=5)
+
+
+def test_same_named_folders_in_different_places_never_collide(tmp_path, teacher, capsys):
+    """Issue 17: a/my_data and b/my_data both have source key 'my_data/train'; each gets its own cache, and a folder
+    whose images change gets a new one (said in one line), instead of a refusal naming the other project."""
+    caches = {}
+    for place, seed in (("a", 1), ("b", 2)):
+        _write_images(tmp_path / place / "my_data" / "train", 6, seed)
+        data = DataConfig(dataset="imagefolder", root=str(tmp_path / place / "my_data"), val_fraction=0.0)
+        (caches[place],) = ensure_cache(data, TEACHER_CFG, "train", tmp_path / "cache", shard_size=4, num_workers=0,
+                                        teacher=teacher).values()
+    a, b = caches["a"], caches["b"]
+    assert a.manifest["source"]["key"] == b.manifest["source"]["key"] == "my_data/train"
+    assert a.path != b.path and a.path.parent.parent == b.path.parent.parent  # same key, two identities
+    for c, place in ((a, "a"), (b, "b")):  # each holds its own images' outputs
+        src = _source_of(c, tmp_path / place / "my_data")
+        x = torch.stack([eval_transform(teacher.view)(src.load(i)) for i in range(len(src))])
+        np.testing.assert_allclose(c.embedding[:].astype(np.float32), teacher(x)["embedding"].numpy(), rtol=2e-3,
+                                   atol=2e-3)
+    assert not np.array_equal(np.asarray(a.embedding), np.asarray(b.embedding))
+    # a changed folder: its images differ, so does its identity: a new cache, and one line saying why
+    _write_images(tmp_path / "a" / "my_data" / "train", 7, seed=3)
+    capsys.readouterr()
+    data = DataConfig(dataset="imagefolder", root=str(tmp_path / "a" / "my_data"), val_fraction=0.0)
+    (changed,) = ensure_cache(data, TEACHER_CFG, "train", tmp_path / "cache", shard_size=4, num_workers=0,
+                              teacher=teacher).values()
+    assert changed.path not in (a.path, b.path) and len(changed) == 7
+    err = capsys.readouterr().err
+    assert "my_data/train: its images differ from those cached in" in err and "computing a new cache" in err

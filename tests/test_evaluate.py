@@ -103,11 +103,11 @@ def test_teacher_command_end_to_end(tmp_path, capsys):
 
 def test_teacher_eval_checks_arguments_before_computing(tmp_path, monkeypatch):
     """Every argument is checked before the teacher runs on a single image (issue: 146 s of caching, then an error)."""
-    from edgedistill import cache
+    from edgedistill import evaluate
     from edgedistill.evaluate import eval_command
 
     images = _image_folder(tmp_path / "imgs", per_class=2, classes=["ant", "bee"])  # no shipped label map covers these
-    monkeypatch.setattr(cache, "ensure_cache", lambda *a, **k: pytest.fail("cached before checking the arguments"))
+    monkeypatch.setattr(evaluate, "ensure_cache", lambda *a, **k: pytest.fail("cached before checking the arguments"))
     lite_like = tiny_teacher_cfg()
     with pytest.raises(EdgeDistillError, match="label_map.*no logits"):
         eval_command(images=str(images), teacher=lite_like, head="label_map")

@@ -29,13 +29,13 @@ NODE = textwrap.dedent(f"""
     import sys, time
     from edgedistill.teachers.openclip import register_model_config
     register_model_config({TINY!r}, {TINY_CLIP!r})
-    from edgedistill import cache
+    from edgedistill.cache import store
     from edgedistill.cli import main
-    write = cache._write_shard
+    write = store.write_shard
     def slow(*args, **kwargs):
         write(*args, **kwargs)
         time.sleep(0.3)
-    cache._write_shard = slow
+    store.write_shard = slow
     sys.exit(main(sys.argv[1:]))
 """)
 

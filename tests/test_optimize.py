@@ -25,7 +25,9 @@ from edgedistill.deploy import export as ex
 from edgedistill.deploy.runtime import ort_session, read_metadata
 from edgedistill.errors import ConfigError, EdgeDistillError
 from edgedistill.students import create_student, load_student
+from edgedistill.training import modelopt as mo_adapter
 from edgedistill.training import optimize as op
+from edgedistill.training import recipes
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
@@ -75,18 +77,18 @@ def _masked(model) -> dict:
 
 def test_two_of_four_check_and_skip_reasons():
     w = torch.tensor([[1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 3.0, 4.0]])  # [out 1, in 8]: groups (1,0,2,0) (0,0,3,4)
-    assert op.is_two_of_four(w)
-    assert not op.is_two_of_four(torch.tensor([[1.0, 2.0, 3.0, 0.0]]))
-    assert not op.is_two_of_four(torch.zeros(4, 6))  # 6 input channels: no groups of 4
+    assert mo_adapter.is_two_of_four(w)
+    assert not mo_adapter.is_two_of_four(torch.tensor([[1.0, 2.0, 3.0, 0.0]]))
+    assert not mo_adapter.is_two_of_four(torch.zeros(4, 6))  # 6 input channels: no groups of 4
     conv = torch.zeros(2, 4, 3, 3)  # groups run along the input channels at every (k, r, s)
     conv[:, :2] = 1.0
-    assert op.is_two_of_four(conv)
+    assert mo_adapter.is_two_of_four(conv)
     conv[0, 2, 1, 1] = 1.0
-    assert not op.is_two_of_four(conv)
-    assert op.skip_reason([16, 3, 3, 3], "magnitude") == "in=3 is not a multiple of 16"
-    assert op.skip_reason([10, 256], "magnitude") == "out=10 is not a multiple of 8"
-    assert op.skip_reason([12, 6], "sparsegpt") == "in=6 is not a multiple of 4"
-    assert op.skip_reason([16, 32], "magnitude") == "excluded by ModelOpt's rules"
+    assert not mo_adapter.is_two_of_four(conv)
+    assert mo_adapter.skip_reason([16, 3, 3, 3], "magnitude") == "in=3 is not a multiple of 16"
+    assert mo_adapter.skip_reason([10, 256], "magnitude") == "out=10 is not a multiple of 8"
+    assert mo_adapter.skip_reason([12, 6], "sparsegpt") == "in=6 is not a multiple of 4"
+    assert mo_adapter.skip_reason([16, 32], "magnitude") == "excluded by ModelOpt's rules"
 
 
 def test_config_checks_and_recipes(tmp_path):
@@ -146,8 +148,8 @@ def test_qat_calibrates_finetunes_and_records(kd_run, qat_stage):
     assert recipe["finetune"]["lr"] == ft_cfg["lr"] and recipe["finetune"]["loss"] == "logits"
 
     # Restored from student.json + JSON state + safetensors: the model Lightning validated, ranges as calibrated.
-    model, manifest, _ = op.load_optimized_student(qat_stage)
-    start = op.load_modelopt(lambda: op.prepare_student(create_student("test_resnet", 3)), op.require_modelopt("t"),
+    model, manifest, _ = recipes.load_optimized_student(qat_stage)
+    start = mo_adapter.load_modelopt(lambda: mo_adapter.prepare_student(create_student("test_resnet", 3)), mo_adapter.require_modelopt("t"),
                              qat_stage / "start")
     amax = {k: v for k, v in model.state_dict().items() if k.endswith("_amax")}
     assert amax and all(torch.equal(v, start.state_dict()[k]) for k, v in amax.items())  # fixed during QAT
@@ -178,7 +180,7 @@ def test_qat_qdq_export_runs_in_onnx_runtime_with_parity(qat_stage, tmp_path):
     assert set(report["parity_int8_vs_fake_quant"]) == {"random", "real"}
     assert "fp32" in report["accuracy"] and "int8" in report["accuracy"]
     # ONNX Runtime vs the fake-quantized PyTorch model on inputs export never saw: batch 5, 24 px, real-like range
-    model, _, _ = op.load_optimized_student(qat_stage)
+    model, _, _ = recipes.load_optimized_student(qat_stage)
     x = torch.randn(5, 3, 24, 24, generator=torch.Generator().manual_seed(11))
     with torch.no_grad():
         ref = model(x).numpy()
@@ -210,15 +212,15 @@ def test_sparse_masks_exact_after_finetune_and_skips_listed(kd_run, sparse_stage
     assert storage.read_json(sparse_stage / "metrics.json")["history"][-1]["step"] == 3
     # The masks held through 3 optimizer steps that changed the weights
     run_w = load_student(kd_run)[0].state_dict()
-    model, _, _ = op.load_optimized_student(sparse_stage)  # plain timm student, zeros in its weights
+    model, _, _ = recipes.load_optimized_student(sparse_stage)  # plain timm student, zeros in its weights
     sd = model.state_dict()
     masked = [r["layer"] for r in rep["per_layer"] if r["status"] == "2:4"]
-    assert all(op.is_two_of_four(sd[f"{n}.weight"]) for n in masked)
+    assert all(mo_adapter.is_two_of_four(sd[f"{n}.weight"]) for n in masked)
     changed = [n for n in masked if not torch.equal(sd[f"{n}.weight"] != 0, run_w[f"{n}.weight"] != 0)
                or not torch.equal(sd[f"{n}.weight"], run_w[f"{n}.weight"] * (sd[f"{n}.weight"] != 0))]
     assert changed, "the fine-tune steps did not change the kept weights"
-    mo = op.require_modelopt("t")
-    with_masks = op.load_modelopt(lambda: op.prepare_student(create_student("test_resnet", 3)), mo, sparse_stage)
+    mo = mo_adapter.require_modelopt("t")
+    with_masks = mo_adapter.load_modelopt(lambda: mo_adapter.prepare_student(create_student("test_resnet", 3)), mo, sparse_stage)
     assert sorted(_masked(with_masks)) == sorted(masked)
     assert all(torch.equal(with_masks.get_submodule(n).weight, model.get_submodule(n).weight) for n in masked)
 
@@ -278,9 +280,9 @@ def test_combined_recipe_sparsifies_then_quantizes(kd_run, sparse_stage, tmp_pat
     assert recipe["qat"] and recipe["sparsity"] == "2:4" and recipe["precision"] == "sparse-qat-int8"
     assert recipe["base"] == str(sparse_stage) and recipe["sparsity_report"]["all_sparse_layers_two_of_four"]
     assert recipe["finetune"]["stages_elapsed_s"] > recipe["finetune"]["elapsed_s"]
-    model, _, _ = op.load_optimized_student(final)
+    model, _, _ = recipes.load_optimized_student(final)
     masked = _masked(model)
-    assert len(masked) == 14 and all(op.is_two_of_four(m.weight) for m in masked.values())
+    assert len(masked) == 14 and all(mo_adapter.is_two_of_four(m.weight) for m in masked.values())
     assert all(m.weight_quantizer.is_enabled for m in masked.values())
     built = []  # TensorRT as the model asks: INT8 from the QDQ file, sparse weights allowed (faked: no GPU here)
 
@@ -357,7 +359,7 @@ def test_damaged_modelopt_state_is_one_line(qat_stage, tmp_path):
     state = storage.read_json(copy / "modelopt_state.json")
     storage.write_json(copy / "modelopt_state.json", {**state, "modelopt_state_dict": [{"__tuple__": ["nope", {}]}]})
     with pytest.raises(EdgeDistillError, match="does not hold a ModelOpt state of this student"):
-        op.load_optimized_student(copy)
+        recipes.load_optimized_student(copy)
     (copy / "recipe.json").unlink()
     with pytest.raises(EdgeDistillError, match="has not finished"):
-        op.load_optimized_student(copy)
+        recipes.load_optimized_student(copy)

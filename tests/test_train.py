@@ -291,6 +291,21 @@ def test_warmup_cosine_schedule() -> None:
     assert warmup_cosine(0, 10, "constant")(7) == 1.0
 
 
+def test_warmup_and_total_count_the_same_lightning_steps(tmp_path: Path) -> None:
+    """Warmup epochs become optimizer steps with Lightning's count (accumulation included), as the total does."""
+    import lightning.pytorch as L
+    from torch.utils.data import DataLoader
+
+    module = DistillModule(create_student("test_resnet", 3), target="labels", num_classes=3, lr=0.01, warmup_epochs=1.0)
+    data = [{"image": torch.randn(3, 16, 16), "label": i % 3, "source": "s", "index": i} for i in range(20)]
+    trainer = L.Trainer(max_epochs=2, accumulate_grad_batches=2, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=2))  # 10 batches an epoch, 2 per step
+    schedule = trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
+    assert (schedule.warmup, schedule.total) == (5, 10) == (trainer.global_step // 2, trainer.global_step)
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "runs"

@@ -27,6 +27,8 @@ DEFAULT_CACHE_DIR = "~/.cache/edgedistill"
 """Root of the teacher-output and pixel caches, unless a command is given another."""
 DEFAULT_DATA_DIR = "~/.cache/edgedistill-data"
 """Where datasets are looked for (and downloaded to) when ``data.root`` is not set."""
+DEFAULT_OPENCLIP_MODEL = "ViT-B-32"
+"""The open_clip model of ``teacher.kind: openclip`` when none is named, and the tutorial's teacher."""
 
 Dataset = Literal["stl10", "cifar10", "fashion_mnist", "imagefolder", "demo", "pool", "manifest"]
 TeacherKind = Literal["openclip", "timm", "efficientnet_lite0"]
@@ -247,7 +249,7 @@ class TeacherConfig:
 
     def describe(self) -> str:
         """``kind:model`` as shown in tables (the kind's default model when ``model`` is None)."""
-        default = {"openclip": "ViT-B-32", "efficientnet_lite0": "tf_efficientnet_lite0"}.get(self.kind, "?")
+        default = {"openclip": DEFAULT_OPENCLIP_MODEL, "efficientnet_lite0": "tf_efficientnet_lite0"}.get(self.kind, "?")
         return f"{self.kind}:{self.model or default}"
 
 
@@ -685,7 +687,7 @@ class DeploySettings:
     """Timed runs per measurement."""
     runtimes: list[str] = field(default_factory=lambda: ["onnxruntime"])
     """Runtimes raced (deploy.bench.RUNTIMES; unavailable ones are skipped with the reason)."""
-    tutorial_teacher: str | None = "ViT-B-32"
+    tutorial_teacher: str | None = DEFAULT_OPENCLIP_MODEL
     """Also race this open_clip image tower (random-init: speed does not depend on weights), the tutorial's teacher."""
 
     def __post_init__(self) -> None:

@@ -2,6 +2,8 @@
 
 * :func:`evaluate_logits`: top-1, per-class accuracy and the confusion matrix (torchmetrics).
 * :func:`plot_confusion`: the confusion matrix as a PNG (matplotlib, Agg backend).
+* :func:`fit_probe`: the linear probe fitted on cached ``train`` embeddings (selected on ``val``), or the saved
+  one when it was fitted for this teacher on these exact images (:func:`probe_key`).
 * :func:`evaluate_teacher` / :func:`teacher_command`: a teacher's accuracy on a split, read
   through the teacher-output cache (computing what is missing); optionally trains the linear
   probe on ``train`` (selected on ``val``) and saves it. Writes ``teacher.json`` + PNGs.
@@ -11,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -20,11 +23,22 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from edgedistill import heads as H
 from edgedistill import storage
+from edgedistill.cache import ensure_cache, gather
 from edgedistill.config import DEFAULT_CACHE_DIR, DataConfig, TeacherConfig, Templates
-from edgedistill.console import progress
+from edgedistill.console import progress, say
+from edgedistill.data.sources import ImageFolderSource
+from edgedistill.data.splits import SplitDataset, SplitPart, build_splits, collate_skip_bad
+from edgedistill.data.transforms import eval_transform
+from edgedistill.data.views import ViewSpec
 from edgedistill.errors import ConfigError, DataError, EdgeDistillError
+from edgedistill.heads import LinearProbe, load_head, save_head, train_linear_probe
+from edgedistill.students import load_student
+from edgedistill.teachers import create_teacher, resolve_device
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -42,8 +56,6 @@ def evaluate_logits(logits: Tensor | np.ndarray, labels: Tensor | np.ndarray, cl
         ``{"acc": float, "n": int, "per_class": {name: float | None}, "confusion": [[int]] (C x C,
         rows = true class, columns = predicted)}``. A class without samples has accuracy None.
     """
-    from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
-
     logits = torch.as_tensor(np.asarray(logits) if not isinstance(logits, Tensor) else logits).float().cpu()
     labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, Tensor) else labels).long().cpu()
     C = len(class_names)
@@ -149,6 +161,55 @@ def _probe_base(path: str | os.PathLike) -> Path:
     return p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
 
 
+# ----------------------------------------------------------------------------- the linear probe
+
+
+def probe_key(splits, caches: dict) -> dict:
+    """What a saved probe depends on: the teacher and exactly which images are ``train`` and ``val``."""
+    h = hashlib.sha256()
+    for name in ("train", "val"):
+        for part in splits.parts.get(name, []):
+            h.update(f"{name}:{part.source}:{part.labeled}:".encode())
+            h.update(np.asarray(part.indices, dtype=np.int64).tobytes())
+    fingerprints = sorted({c.manifest["teacher"]["fingerprint"] for c in caches.values()})
+    return {"teacher_fingerprint": fingerprints, "train_val_sha256": h.hexdigest()}
+
+
+def fit_probe(splits, caches: dict, out: Path | None, retrain: bool = False) -> tuple[LinearProbe, dict]:
+    """The probe saved at ``out`` if it was fitted for this teacher on these exact ``train``/``val`` images,
+    else a new one fitted on the cached ``train`` embeddings and selected on ``val`` (and saved at ``out``).
+
+    Args:
+        splits: The dataset's ``DataSplits``.
+        caches: ``{source key: TeacherCache}`` covering ``train`` and ``val``.
+        out: Base path of the saved probe (``<out>.safetensors`` + ``<out>.json``); None: do not save.
+        retrain: Fit anew even if a valid saved probe exists.
+
+    Returns:
+        (probe, report): the report holds the chosen weight decay, the sweep and ``loaded_from`` when reused.
+    """
+    key = probe_key(splits, caches)
+    if out is not None and not retrain and Path(f"{out}.json").is_file():
+        meta = storage.read_json(f"{out}.json")
+        if meta.get("key") == key:
+            return load_head(out), {**meta.get("probe", {}), "key": key, "loaded_from": str(out)}
+        say(f"{out}: fitted for another teacher or other train/val images; fitting a new probe")
+    for name in ("train", "val"):
+        if name not in splits.parts:
+            raise DataError(f"The linear probe needs a {name!r} split (data.val_fraction > 0 for val); "
+                            f"this dataset has {', '.join(splits.parts)}")
+    train, val = gather(splits, caches, "train"), gather(splits, caches, "val")
+    keep = train.labels >= 0  # labels hidden by data.labeled_per_class are not training labels
+    probe, report = train_linear_probe(train.embedding[keep], train.labels[keep], val.embedding, val.labels,
+                                       num_classes=len(splits.classes))
+    if out is not None:
+        save_head(probe, out, extra={"probe": report, "class_names": list(splits.classes), "key": key})
+    return probe, {**report, "key": key}
+
+
+# ----------------------------------------------------------------------------- teacher
+
+
 @dataclass
 class TeacherEvalPlan:
     """Everything a teacher evaluation needs, checked before any teacher output is computed."""
@@ -163,10 +224,6 @@ class TeacherEvalPlan:
 def plan_teacher_eval(data: DataConfig, teacher: TeacherConfig, *, head: str, templates: str, label_map: str | None,
                       probe: str | None, split: str, cache_dir: str = DEFAULT_CACHE_DIR) -> TeacherEvalPlan:
     """Resolve the heads and check every argument (label map, probe, splits) before the teacher runs on any image."""
-    from edgedistill import heads as H
-    from edgedistill.data.splits import build_splits
-    from edgedistill.teachers import create_teacher
-
     splits = build_splits(data)
     if not splits.size(split):
         raise DataError(f"Split {split!r} is empty for dataset {data.dataset!r}. Valid: {', '.join(splits.parts)}")
@@ -238,9 +295,6 @@ def evaluate_teacher(
     Returns:
         ``{"teacher": {...}, "split", "n", "bad", "heads": {kind: evaluate_logits(...) + "png"}, "table": [rows]}``.
     """
-    from edgedistill.cache import ensure_cache, gather
-    from edgedistill.heads import fit_probe
-
     plan = plan_teacher_eval(data, teacher, head=head, templates=templates, label_map=label_map, probe=probe,
                              split=split, cache_dir=cache_dir)
     out_dir = Path(out) if out is not None else None
@@ -325,9 +379,6 @@ def load_student_classifier(run: str | os.PathLike, device: str | torch.device =
 
     An embedding student is followed by the head saved beside it (``head.safetensors``/``head.json``).
     """
-    from edgedistill.heads import load_head
-    from edgedistill.students import load_student
-
     run = Path(run).expanduser()
     model, manifest = load_student(run)
     if manifest.target == "embedding":
@@ -337,10 +388,6 @@ def load_student_classifier(run: str | os.PathLike, device: str | torch.device =
 
 def _predict(model: torch.nn.Module, dataset, batch_size: int, num_workers: int, device) -> tuple[Tensor, Tensor, int]:
     """Logits ``[N, C]`` and labels ``[N]`` of a dataset of dict items; unreadable images skipped and counted."""
-    from torch.utils.data import DataLoader
-
-    from edgedistill.data.splits import collate_skip_bad
-
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_bad)
     logits, labels, bad = [], [], 0
     with torch.inference_mode(), progress(len(loader), "eval", unit="batch") as bar:
@@ -383,9 +430,6 @@ def evaluate_student(
     Returns:
         ``evaluate_logits(...)`` plus ``"split"``, ``"bad"``, ``"run"``, ``"png"``.
     """
-    from edgedistill.data import ImageFolderSource, SplitDataset, SplitPart, ViewSpec, build_splits, eval_transform
-    from edgedistill.teachers import resolve_device
-
     dev = resolve_device(device)
     model, manifest = load_student_classifier(run, dev)
     classes = list(manifest.class_names)

@@ -14,6 +14,7 @@ _EXPORTS = {
     "views": ("NORMALIZE_CIFAR", "NORMALIZE_IMAGENET", "NORMALIZE_SIMPLE", "ViewSpec", "preprocess", "student_view"),
     "sources": ("CIFAR10Source", "FashionMNISTSource", "ImageFolderSource", "STL10Binary", "Source", "UnlabeledImages",
                 "extract_demo"),
+    "manifest": ("MANIFEST_COLUMNS", "manifest_sources", "read_manifest"),
     "splits": ("BadImageWarning", "DataSplits", "SplitDataset", "SplitPart", "build_splits", "collate_skip_bad"),
     "transforms": ("AugParams", "TrainTransform", "apply_aug", "eval_transform", "sample_aug_params"),
 }

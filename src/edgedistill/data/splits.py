@@ -23,6 +23,7 @@ from torch.utils.data import default_collate
 
 from edgedistill.config import DataConfig, split_names
 from edgedistill.console import warn_once
+from edgedistill.data.manifest import manifest_sources
 from edgedistill.data.sources import (
     CIFAR10_CLASSES,
     DATA_DIR,
@@ -42,6 +43,7 @@ from edgedistill.data.sources import (
     unique_key,
 )
 from edgedistill.errors import DataError
+from edgedistill.prompts import class_names, read_prompts
 
 SPLITS = ("train", "val", "test", "unlabeled")
 DEFAULT_FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -333,8 +335,6 @@ def _held_out(cfg: DataConfig, classes: list[str]) -> list[Source]:
 
 def _prompt_classes(cfg: DataConfig) -> list[str]:
     """The classes of a dataset without class folders (a pool): its prompts file's."""
-    from edgedistill.prompts import class_names, read_prompts
-
     return class_names(read_prompts(cfg.prompts))
 
 
@@ -346,8 +346,6 @@ def _pool(cfg: DataConfig) -> tuple[Path, list[Source], list[Source], list[Sourc
 
 def _manifest(cfg: DataConfig) -> tuple[Path, list[Source], list[Source], list[Source]]:
     """The images a retrieval kept, labelled with their classes (the pool's sources, so its caches are reused)."""
-    from edgedistill.retrieve import manifest_sources
-
     classes, labeled = manifest_sources(cfg.root)
     return Path(cfg.root).expanduser().resolve(), labeled, _held_out(cfg, classes), []
 

@@ -70,25 +70,51 @@ def _aug_generator(seed: int, source: str, index: int, view: int) -> torch.Gener
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
-def _sample_crop(gen: torch.Generator | None, scale: tuple[float, float], ratio: tuple[float, float]) -> AugParams:
-    """RandomResizedCrop's sampling (torchvision), in relative units.
+CROP_DRAWS = 14
+"""Uniform draws per crop: 4 tries x (area, aspect ratio, flip), then the top and left offsets."""
 
-    The aspect ratio is relative to the image's own (exact for square images such as STL10 or
-    CIFAR), which keeps the parameters independent of the image size.
+
+def crop_boxes(u: torch.Tensor, scale: tuple[float, float], ratio: tuple[float, float]) -> torch.Tensor:
+    """RandomResizedCrop's sampling (torchvision's), vectorised and in relative units: the one way crops are drawn.
+
+    Up to 4 tries of (area uniform in ``scale``, aspect ratio log-uniform in ``ratio``); the first that fits
+    inside the image is taken; when none fits, the largest crop of the clamped ratio, centred (torchvision's
+    fallback). Cached views (:func:`sample_aug_params`, one crop at a time), online crops
+    (:class:`TrainTransform`) and the pixel path's batches (:class:`BatchAugment`) all draw through here, so
+    their crops have one distribution. The aspect ratio is relative to the image's own (exact for square
+    images), which keeps the parameters independent of the image size.
+
+    Args:
+        u: ``[CROP_DRAWS, n]`` uniforms in [0, 1).
+        scale: Range of the crop's area as a fraction of the image's.
+        ratio: Range of the crop's aspect ratio.
+
+    Returns:
+        ``[n, 5]`` (top, left, height, width, flip) in relative units, ``u``'s dtype and device.
     """
-    u = torch.rand(14, generator=gen, dtype=torch.float64).tolist()  # fixed draw count: replay-stable
+    tries = u[:12].reshape(4, 3, -1)  # [try, (area, ratio, flip), n]
+    area = scale[0] + (scale[1] - scale[0]) * tries[:, 0]
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    for k in range(4):
-        area = scale[0] + (scale[1] - scale[0]) * u[3 * k]
-        r = math.exp(log_lo + (log_hi - log_lo) * u[3 * k + 1])
-        w, h = math.sqrt(area * r), math.sqrt(area / r)
-        if w <= 1.0 and h <= 1.0:
-            break
-    else:  # every try fell outside the image: take the largest crop of the clamped ratio, centred
-        r = min(max(1.0, ratio[0]), ratio[1])
-        w, h = (1.0, 1.0 / r) if r >= 1.0 else (r, 1.0)
-        u[12] = u[13] = 0.5
-    return AugParams(top=(1.0 - h) * u[12], left=(1.0 - w) * u[13], height=h, width=w, flip=u[3 * k + 2] < 0.5)
+    r = torch.exp(log_lo + (log_hi - log_lo) * tries[:, 1])
+    w, h = torch.sqrt(area * r), torch.sqrt(area / r)  # [4, n]
+    fits = (w <= 1.0) & (h <= 1.0)
+    found = fits.any(0)
+    k = torch.where(found, fits.to(torch.uint8).argmax(0), torch.full_like(found, 3, dtype=torch.long))[None]  # [1, n]
+    r_c = min(max(1.0, ratio[0]), ratio[1])  # the fallback: the largest crop of the clamped ratio, centred
+    w_c, h_c = (1.0, 1.0 / r_c) if r_c >= 1.0 else (r_c, 1.0)
+    w = torch.where(found, w.gather(0, k)[0], torch.full_like(w[0], w_c))
+    h = torch.where(found, h.gather(0, k)[0], torch.full_like(h[0], h_c))
+    flip = (tries[:, 2].gather(0, k)[0] < 0.5).to(u.dtype)
+    top = (1.0 - h) * torch.where(found, u[12], torch.full_like(u[12], 0.5))
+    left = (1.0 - w) * torch.where(found, u[13], torch.full_like(u[13], 0.5))
+    return torch.stack([top, left, h, w, flip], dim=1)
+
+
+def _sample_crop(gen: torch.Generator | None, scale: tuple[float, float], ratio: tuple[float, float]) -> AugParams:
+    """One crop through :func:`crop_boxes`, from ``gen`` (None: torch's global RNG)."""
+    u = torch.rand(CROP_DRAWS, 1, generator=gen, dtype=torch.float64)  # fixed draw count: replay-stable
+    top, left, h, w, flip = crop_boxes(u, scale, ratio)[0].tolist()
+    return AugParams(top=top, left=left, height=h, width=w, flip=flip > 0.5)
 
 
 def sample_aug_params(
@@ -185,8 +211,8 @@ class BatchAugment(torch.nn.Module):
     """Augment and normalise a whole batch of decoded pixels with tensor ops (on the GPU when the batch is there).
 
     Random-resized-crop and horizontal flip as one ``grid_sample`` per batch: each image's crop
-    box (area in ``scale``, aspect ratio log-uniform in ``ratio``, clamped inside the image rather
-    than re-drawn, as torchvision's fallback does) is resampled bilinearly to the batch's size.
+    box (drawn by :func:`crop_boxes`, as the cached views' crops are) is resampled bilinearly to the
+    batch's size.
     With ``aug`` off (evaluation) only the normalisation runs, so an eval batch equals
     ``data.views.preprocess`` of the same image.
 
@@ -206,14 +232,9 @@ class BatchAugment(torch.nn.Module):
         self.register_buffer("std", torch.tensor(view.std).view(1, 3, 1, 1), persistent=False)
 
     def boxes(self, n: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Random resized crops ``[n, 5]`` (top, left, height, width, flip) in relative units (pad-and-crop draws its
-        shifts in ``_pad_crop``)."""
-        u = torch.rand(5, n, device=device, generator=generator)
-        area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[0]
-        log_r = math.log(self.ratio[0]) + (math.log(self.ratio[1]) - math.log(self.ratio[0])) * u[1]
-        w = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)
-        h = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
-        return torch.stack([u[2] * (1 - h), u[3] * (1 - w), h, w, (u[4] < 0.5).float()], dim=1)
+        """Random resized crops ``[n, 5]`` (top, left, height, width, flip) in relative units, drawn by
+        :func:`crop_boxes` as cached views are (pad-and-crop draws its shifts in ``_pad_crop``)."""
+        return crop_boxes(torch.rand(CROP_DRAWS, n, device=device, generator=generator), self.scale, self.ratio)
 
     def forward(self, pixels: torch.Tensor, aug: bool, boxes: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:

@@ -27,79 +27,46 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from edgedistill import storage
-from edgedistill.config import DataConfig, TeacherConfig, from_dict
+from edgedistill.config import DataConfig, TeacherConfig, asdict, from_dict
 from edgedistill.console import say
+from edgedistill.data.splits import build_splits
+from edgedistill.data.transforms import eval_transform
 from edgedistill.data.views import ViewSpec
+from edgedistill.deploy.onnx import DeployModel, ParityError, check_parity, export_onnx
 from edgedistill.deploy.quantize import (
     TensorRTUnavailableError,
     build_tensorrt_engine,
     convert_fp16,
     quantize_int8,
-    set_metadata,
     tensorrt_status,
 )
-from edgedistill.deploy.runtime import INPUT_NAME, DeployMeta, ort_session, read_metadata
+from edgedistill.deploy.runtime import INPUT_NAME, DeployMeta, ort_session
 from edgedistill.errors import ConfigError, EdgeDistillError
+from edgedistill.heads import load_head
+from edgedistill.students import load_student
+from edgedistill.teachers import create_teacher
+from edgedistill.training.modelopt import is_two_of_four
+from edgedistill.training.recipes import load_optimized_student, read_recipe
+from edgedistill.training.record import read_run_record
 
 __all__ = ["DeployModel", "ParityError", "TensorRTUnavailableError", "check_parity", "export_command", "export_model",
            "export_onnx", "load_student_deploy", "load_teacher_deploy", "onnx_accuracy"]
 
 
-class ParityError(EdgeDistillError):
-    """ONNX Runtime's outputs differ from PyTorch's by more than the tolerance."""
-
-
 # --------------------------------------------------------------------------- loading models
 
 
-class DeployModel(nn.Module):
-    """An image tower, optionally with its head folded in, returning fixed named outputs.
-
-    Args:
-        backbone: maps images [B, 3, H, W] to a tensor [B, K] or (a teacher) a dict of tensors.
-        head: optional module mapping the backbone's [B, D] embedding to logits [B, C].
-        output_names: names of the ONNX outputs, in order. With a head: ``("logits", "embedding")``;
-            with a dict-returning backbone: the dict keys to return.
-    """
-
-    def __init__(self, backbone: nn.Module, head: nn.Module | None = None, output_names: Sequence[str] = ("logits",)):
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.output_names = tuple(output_names)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        out = self.backbone(image)
-        if isinstance(out, dict):  # a Teacher returns {"embedding": [B, D], "logits": [B, C]}
-            outs = tuple(out[k] for k in self.output_names)
-            return outs[0] if len(outs) == 1 else outs
-        if self.head is not None:
-            return self.head(out), out  # logits [B, C], embedding [B, D]
-        return out
-
-
 def run_configs(path: str | os.PathLike) -> dict:
-    """The resolved configs (``data``, ``teacher``, ``train``) of a training run's ``config.yaml``, or {}."""
-    import yaml
-
-    run_dir = storage.run_dir_of(path)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        return {}
-    try:
-        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise EdgeDistillError(f"{cfg_path} is damaged ({type(e).__name__}); restore it or delete it") from None
-    return cfg if isinstance(cfg, dict) else {}
+    """The resolved configs (``data``, ``teacher``, ``train``) of the ``config.yaml`` of the run holding ``path``, or {}."""
+    return read_run_record(storage.run_dir_of(path))
 
 
 def head_text_embeddings(head: nn.Module | None) -> torch.Tensor | None:
@@ -110,9 +77,6 @@ def head_text_embeddings(head: nn.Module | None) -> torch.Tensor | None:
 
 def load_student_deploy(path: str | os.PathLike) -> tuple[DeployModel, DeployMeta]:
     """A student as a :class:`DeployModel` (head folded in for embedding students) and its ONNX metadata."""
-    from edgedistill.heads import load_head
-    from edgedistill.students import load_student
-
     model, manifest = load_student(path)
     run_dir = storage.run_dir_of(path)
     head = load_head(run_dir) if manifest.target == "embedding" and (run_dir / "head.json").is_file() else None
@@ -126,8 +90,6 @@ def load_student_deploy(path: str | os.PathLike) -> tuple[DeployModel, DeployMet
         teacher=teacher if manifest.target != "labels" else None, source=str(Path(path).resolve()),
     )
     if (run_dir / "optimize.json").is_file():  # an `edgedistill optimize` stage: plain weights, its recipe beside
-        from edgedistill.training.optimize import read_recipe
-
         recipe = read_recipe(run_dir)
         meta.extra["optimize"] = {k: recipe[k] for k in ("recipe", "precision", "qat", "sparsity", "sparsity_method",
                                                           "parent", "modelopt")}
@@ -136,8 +98,6 @@ def load_student_deploy(path: str | os.PathLike) -> tuple[DeployModel, DeployMet
 
 def load_qat_deploy(path: str | os.PathLike, like: DeployModel) -> DeployModel:
     """The fake-quantized (ModelOpt) student of a QAT stage as a :class:`DeployModel` shaped like ``like``."""
-    from edgedistill.training.optimize import load_optimized_student
-
     model = load_optimized_student(path)[0]
     return DeployModel(model, like.head, like.output_names).eval()
 
@@ -150,9 +110,6 @@ def teacher_config(info: dict) -> TeacherConfig:
 
 def load_teacher_deploy(cfg: TeacherConfig) -> tuple[DeployModel, DeployMeta, Any]:
     """A teacher's image tower as a :class:`DeployModel`, its ONNX metadata, and the Teacher itself."""
-    from edgedistill.config import asdict
-    from edgedistill.teachers import create_teacher
-
     teacher = create_teacher(dataclasses.replace(cfg, device="cpu", runtime="torch")).eval()  # export traces on CPU
     outputs = ["embedding", "logits"] if teacher.num_classes else ["embedding"]
     meta = DeployMeta(
@@ -165,81 +122,6 @@ def load_teacher_deploy(cfg: TeacherConfig) -> tuple[DeployModel, DeployMeta, An
 
 
 # --------------------------------------------------------------------------- ONNX
-
-
-def export_onnx(model: nn.Module, path: str | os.PathLike, *, meta: DeployMeta, opset: int = 17,
-                check: dict[str, torch.Tensor] | None = None, tolerance: float = 1e-3,
-                precision: str = "fp32") -> tuple[Path, dict[str, float]]:
-    """Export ``model`` to ONNX with a dynamic batch axis and ``meta`` in metadata_props; parity-check it in place.
-
-    The legacy TorchScript exporter (``dynamo=False``) handles both timm CNNs and open_clip ViTs
-    in about a second, where the dynamo exporter needs per-model dynamic-shape specs.
-
-    Args:
-        model: module mapping ``image`` [B, 3, S, S] to ``meta.outputs``.
-        path: the ``.onnx`` file; written only if the parity check on ``check`` passes.
-        meta: its description (view, outputs, ...), stored under the metadata key ``edgedistill``.
-        opset: ONNX opset (>= 17: LayerNormalization is native).
-        check: named input batches for :func:`check_parity` (None: no check).
-        tolerance: largest allowed ONNX Runtime vs PyTorch difference.
-        precision: the label stored in the metadata (``fp32``, ``sparse-fp32``, ``qat-int8``, ...). A ModelOpt
-            fake-quantized model exports as QDQ (its quantizers' ONNX symbolics; hence the TorchScript exporter).
-
-    Returns:
-        The written path, and the max abs difference on each named check batch.
-
-    Raises:
-        ParityError: the exported graph differs from PyTorch; nothing is written.
-    """
-    import onnx
-
-    if opset < 17:
-        raise ConfigError(f"opset={opset} is too old; use opset >= 17")
-    path = Path(path)
-    size = meta.view["image_size"]
-    axes = {0: "batch", 2: "height", 3: "width"} if meta.dynamic_hw else {0: "batch"}
-    dynamic_axes = {INPUT_NAME: axes, **{name: {0: "batch"} for name in meta.outputs}}
-    example = torch.randn(2, 3, size, size)
-    model = model.eval()
-    # nn.MultiheadAttention's inference fast path traces to aten::_native_multi_head_attention,
-    # which has no ONNX symbolic: trace the plain path.
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with storage.atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer warnings
-            torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                              output_names=list(meta.outputs), dynamic_axes=dynamic_axes, do_constant_folding=True)
-            proto = onnx.load(str(tmp))
-            set_metadata(proto, dataclasses.replace(meta, precision=precision, opset=opset))
-            onnx.save(proto, str(tmp))
-            parity = {what: check_parity(model, tmp, [x], tolerance=tolerance, what=what)
-                      for what, x in (check or {}).items()}
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-    return path, parity
-
-
-def check_parity(model: nn.Module, onnx_path: str | os.PathLike, inputs: Sequence[torch.Tensor], *,
-                 tolerance: float = 1e-3, what: str = "random") -> float:
-    """Maximum absolute difference between ONNX Runtime and PyTorch over all outputs and inputs.
-
-    Raises:
-        ParityError: if the difference exceeds ``tolerance``.
-    """
-    sess = ort_session(onnx_path)
-    worst = 0.0
-    with torch.no_grad():
-        for x in inputs:
-            ref = model(x)
-            ref = ref if isinstance(ref, tuple) else (ref,)
-            got = sess.run(None, {INPUT_NAME: x.numpy()})
-            for r, g in zip(ref, got):
-                worst = max(worst, float(np.abs(r.float().numpy() - g.astype(np.float32)).max()))
-    if not worst <= tolerance:  # also catches NaN
-        raise ParityError(f"ONNX export {str(onnx_path)!r} does not match PyTorch on {what} inputs: max abs diff "
-                          f"{worst:.3g} > tolerance {tolerance:g}")
-    return worst
 
 
 def _as_tuple(out: torch.Tensor | tuple) -> tuple:
@@ -258,7 +140,6 @@ def onnx_weight_sparsity(onnx_path: str | os.PathLike) -> dict[str, Any]:
     import onnx
     from onnx import numpy_helper
 
-    from edgedistill.training.optimize import is_two_of_four
 
     graph = onnx.load(str(onnx_path)).graph
     inits = {i.name: i for i in graph.initializer}
@@ -320,9 +201,6 @@ def onnx_accuracy(onnx_path: str | os.PathLike, dataset, batch_size: int = 64) -
 
 def real_images(cfg: DataConfig, split: str, view: dict, limit: int | None = None, seed: int = 0):
     """A (random, fixed-seed) subset of a split, preprocessed with ``view``, as a torch Dataset."""
-    from edgedistill.data.splits import build_splits
-    from edgedistill.data.transforms import eval_transform
-
     dataset = build_splits(cfg).dataset(split, eval_transform(ViewSpec(**view)))
     if limit is not None and len(dataset) > limit:
         idx = np.random.default_rng(seed).choice(len(dataset), size=limit, replace=False)
@@ -522,8 +400,6 @@ def export_command(
     if student is not None:
         deploy, meta = student
         if tch is None and prompts and meta.teacher:
-            from edgedistill.teachers import create_teacher
-
             tch = create_teacher(dataclasses.replace(teacher_config(meta.teacher), runtime="torch"))
         export_model(deploy, meta, Path(out) / "student", data=data, text_embeddings=head_text_embeddings(deploy.head),
                      teacher=tch, qat=qat, **kwargs)

@@ -18,6 +18,7 @@ import glob
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -46,7 +47,8 @@ def load_classifier(model: str | os.PathLike, prompts: list[str] | None = None) 
     if path.is_dir() and (path / "export.json").is_file():
         path = path / "model.onnx"
     if path.suffix == ".onnx":
-        return OnnxModel(path).classifier(prompts)
+        onnx = OnnxModel(path)
+        return onnx.classifier(prompts, teacher_text_encoder(onnx.meta.teacher) if onnx.meta.teacher else None)
     if (path.is_dir() and (path / "student.json").is_file()) or path.suffix == ".safetensors":
         return _torch_classifier(path, prompts)
     raise EdgeDistillError(
@@ -59,7 +61,6 @@ def _torch_classifier(path: Path, prompts: list[str] | None) -> Classifier:
     import torch
 
     from edgedistill.deploy.export import head_text_embeddings, load_student_deploy
-    from edgedistill.deploy.runtime import _teacher_text_encoder
 
     deploy, meta = load_student_deploy(path)
 
@@ -71,8 +72,33 @@ def _torch_classifier(path: Path, prompts: list[str] | None) -> Classifier:
 
     emb = head_text_embeddings(deploy.head)
     stored = dict(zip(meta.class_names, emb.numpy())) if emb is not None else {}
-    embed = _teacher_text_encoder(meta.teacher) if meta.teacher else None
+    embed = teacher_text_encoder(meta.teacher) if meta.teacher else None
     return make_classifier(run, meta, stored, prompts, str(path), embed)
+
+
+def teacher_text_encoder(teacher: dict) -> Callable[[list[str]], np.ndarray]:
+    """Embeds prompts with the recorded teacher's text tower; imports torch only when called."""
+
+    def embed(prompts: list[str]) -> np.ndarray:
+        try:
+            import torch
+
+            from edgedistill.config import TeacherConfig
+            from edgedistill.teachers import create_teacher
+        except ImportError as e:  # a deploy machine with only onnxruntime, numpy and Pillow
+            raise EdgeDistillError(
+                f"Cannot embed prompts {prompts}: they are not stored in the exported model, and embedding new prompts "
+                f"needs the teacher's text encoder (torch and open_clip; {e}). Re-export with --prompts ...") from None
+
+        names = set(TeacherConfig.__dataclass_fields__)
+        try:
+            model = create_teacher(TeacherConfig(**{**{k: v for k, v in teacher.items() if k in names}, "runtime": "torch"}))
+            with torch.no_grad():
+                return model.encode_text(prompts).float().cpu().numpy()
+        except EdgeDistillError as e:
+            raise EdgeDistillError(f"Cannot embed prompts {prompts}: the teacher's text encoder is unavailable ({e})") from e
+
+    return embed
 
 
 def _is_glob(text: str) -> bool:

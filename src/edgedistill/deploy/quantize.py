@@ -8,6 +8,7 @@ exist; everywhere else :func:`tensorrt_status` says why not.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 
 from edgedistill import storage
 from edgedistill.console import log_at_least, say
-from edgedistill.deploy.runtime import INPUT_NAME, ort_session, read_metadata
+from edgedistill.deploy.runtime import INPUT_NAME, META_KEY, ort_session, read_metadata
 from edgedistill.errors import EdgeDistillError
 
 
@@ -27,8 +28,6 @@ class TensorRTUnavailableError(EdgeDistillError):
 
 def set_metadata(proto, meta) -> None:
     """Store a ``DeployMeta`` as JSON under metadata_props[``edgedistill``] of an ``onnx.ModelProto``."""
-    from edgedistill.deploy.runtime import META_KEY
-
     for prop in list(proto.metadata_props):
         if prop.key == META_KEY:
             proto.metadata_props.remove(prop)
@@ -76,8 +75,6 @@ def quantize_int8(onnx_path: str | os.PathLike, out_path: str | os.PathLike, cal
     Returns:
         The written path.
     """
-    import dataclasses
-
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -115,8 +112,6 @@ def convert_fp16(onnx_path: str | os.PathLike, out_path: str | os.PathLike) -> P
 
     Uses ``onnxruntime.transformers.float16`` (the same converter as onnxconverter-common).
     """
-    import dataclasses
-
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 

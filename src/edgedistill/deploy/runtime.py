@@ -225,32 +225,8 @@ class OnnxModel:
         """Named outputs for preprocessed images ``[B, 3, S, S]`` float32."""
         return dict(zip(self.output_names, self.session.run(None, {INPUT_NAME: np.ascontiguousarray(images, np.float32)})))
 
-    def classifier(self, prompts: list[str] | None = None) -> Classifier:
-        """A :class:`Classifier` over its classes, or over ``prompts`` (new prompts embedded by the recorded teacher)."""
-        embed = _teacher_text_encoder(self.meta.teacher) if self.meta.teacher else None
-        return make_classifier(self.run, self.meta, self.text, prompts, str(self.path), embed)
-
-
-def _teacher_text_encoder(teacher: dict) -> Callable[[list[str]], np.ndarray]:
-    """Embeds prompts with the recorded teacher's text tower; imports torch only when called."""
-
-    def embed(prompts: list[str]) -> np.ndarray:
-        try:
-            import torch
-
-            from edgedistill.config import TeacherConfig
-            from edgedistill.teachers import create_teacher
-        except ImportError as e:  # a deploy machine with only onnxruntime, numpy and Pillow
-            raise EdgeDistillError(
-                f"Cannot embed prompts {prompts}: they are not stored in the exported model, and embedding new prompts "
-                f"needs the teacher's text encoder (torch and open_clip; {e}). Re-export with --prompts ...") from None
-
-        names = set(TeacherConfig.__dataclass_fields__)
-        try:
-            model = create_teacher(TeacherConfig(**{**{k: v for k, v in teacher.items() if k in names}, "runtime": "torch"}))
-            with torch.no_grad():
-                return model.encode_text(prompts).float().cpu().numpy()
-        except EdgeDistillError as e:
-            raise EdgeDistillError(f"Cannot embed prompts {prompts}: the teacher's text encoder is unavailable ({e})") from e
-
-    return embed
+    def classifier(self, prompts: list[str] | None = None,
+                   embed_texts: Callable[[list[str]], np.ndarray] | None = None) -> Classifier:
+        """A :class:`Classifier` over its classes, or over ``prompts`` (stored ones, or new ones embedded by
+        ``embed_texts``: ``predict.load_classifier`` passes the recorded teacher's text tower)."""
+        return make_classifier(self.run, self.meta, self.text, prompts, str(self.path), embed_texts)

@@ -19,11 +19,11 @@ from torch import nn
 from edgedistill import storage
 from edgedistill.errors import ConfigError
 from edgedistill.heads.label_map import DEFAULT_LABEL_MAPS, LabelMapHead, default_label_map, load_label_map
-from edgedistill.heads.probe import LinearProbe, fit_probe, train_linear_probe
+from edgedistill.heads.probe import LinearProbe, train_linear_probe
 from edgedistill.heads.text import TextHead, build_text_head, prompt_templates
 
 __all__ = ["DEFAULT_LABEL_MAPS", "HEADS", "LabelMapHead", "LinearProbe", "TextHead", "build_head", "build_text_head",
-           "default_label_map", "fit_probe", "load_head", "load_label_map", "prompt_templates", "save_head",
+           "default_label_map", "load_head", "load_label_map", "prompt_templates", "save_head",
            "train_linear_probe"]
 
 HEADS: dict[str, type[nn.Module]] = {"text": TextHead, "label_map": LabelMapHead, "linear": LinearProbe}

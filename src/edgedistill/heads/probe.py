@@ -1,15 +1,12 @@
 """Linear probe: ``Linear(D, C)`` on cached teacher embeddings, its weight decay chosen on the validation split.
 
-The probe is what response KD distils when ``train.head=linear``. ``fit_probe`` trains it
-on the cached ``train`` embeddings (labels hidden by ``labeled_per_class`` excluded), picks
-the weight decay on ``val`` (never on test), and saves it beside a key of exactly which
-teacher and images it was fitted on, so a saved probe is reused only where it is valid.
+The probe is what response KD distils when ``train.head=linear``. :func:`train_linear_probe` fits it
+on embeddings and picks the weight decay on ``val`` (never on test); ``evaluate.fit_probe`` feeds it the
+cached ``train`` embeddings and saves it beside a key of exactly which teacher and images it was fitted on.
 """
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,9 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgedistill import storage
-from edgedistill.console import say
-from edgedistill.errors import ConfigError, DataError
+from edgedistill.errors import ConfigError
 
 
 class LinearProbe(nn.Module):
@@ -141,49 +136,3 @@ def train_linear_probe(
     report = {**chosen, "sweep": sweep, "selected_on": f"val {select_on}", "epochs": epochs, "seed": seed, "normalize": normalize,
               "num_train": len(y), "num_val": len(vy), "num_classes": C}
     return best.eval(), report
-
-
-def probe_key(splits, caches: dict) -> dict:
-    """What a saved probe depends on: the teacher and exactly which images are ``train`` and ``val``."""
-    h = hashlib.sha256()
-    for name in ("train", "val"):
-        for part in splits.parts.get(name, []):
-            h.update(f"{name}:{part.source}:{part.labeled}:".encode())
-            h.update(np.asarray(part.indices, dtype=np.int64).tobytes())
-    fingerprints = sorted({c.manifest["teacher"]["fingerprint"] for c in caches.values()})
-    return {"teacher_fingerprint": fingerprints, "train_val_sha256": h.hexdigest()}
-
-
-def fit_probe(splits, caches: dict, out: Path | None, retrain: bool = False) -> tuple[LinearProbe, dict]:
-    """The probe saved at ``out`` if it was fitted for this teacher on these exact ``train``/``val`` images,
-    else a new one fitted on the cached ``train`` embeddings and selected on ``val`` (and saved at ``out``).
-
-    Args:
-        splits: The dataset's ``DataSplits``.
-        caches: ``{source key: TeacherCache}`` covering ``train`` and ``val``.
-        out: Base path of the saved probe (``<out>.safetensors`` + ``<out>.json``); None: do not save.
-        retrain: Fit anew even if a valid saved probe exists.
-
-    Returns:
-        (probe, report): the report holds the chosen weight decay, the sweep and ``loaded_from`` when reused.
-    """
-    from edgedistill.cache import gather
-    from edgedistill.heads import load_head, save_head
-
-    key = probe_key(splits, caches)
-    if out is not None and not retrain and Path(f"{out}.json").is_file():
-        meta = storage.read_json(f"{out}.json")
-        if meta.get("key") == key:
-            return load_head(out), {**meta.get("probe", {}), "key": key, "loaded_from": str(out)}
-        say(f"{out}: fitted for another teacher or other train/val images; fitting a new probe")
-    for name in ("train", "val"):
-        if name not in splits.parts:
-            raise DataError(f"The linear probe needs a {name!r} split (data.val_fraction > 0 for val); "
-                            f"this dataset has {', '.join(splits.parts)}")
-    train, val = gather(splits, caches, "train"), gather(splits, caches, "val")
-    keep = train.labels >= 0  # labels hidden by data.labeled_per_class are not training labels
-    probe, report = train_linear_probe(train.embedding[keep], train.labels[keep], val.embedding, val.labels,
-                                       num_classes=len(splits.classes))
-    if out is not None:
-        save_head(probe, out, extra={"probe": report, "class_names": list(splits.classes), "key": key})
-    return probe, {**report, "key": key}

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -32,6 +31,10 @@ from edgedistill import storage, tutorial
 from edgedistill.config import GridConfig, GridSections, from_dict
 from edgedistill.console import say
 from edgedistill.errors import ConfigError
+from edgedistill.evaluate import evaluate_teacher
+from edgedistill.pipelines.report import write_grid_results
+from edgedistill.training.fit import train
+from edgedistill.training.record import config_diffs, has_checkpoint
 
 
 def load_grid(path: str | Path) -> GridConfig:
@@ -54,8 +57,6 @@ def load_grid(path: str | Path) -> GridConfig:
 
 def _teacher_rows(grid: GridConfig, overrides: GridSections, test: bool) -> tuple[list[dict], Path | None]:
     """Step 1: the teacher heads on the cached teacher outputs; returns their rows and the fitted probe's path."""
-    from edgedistill.evaluate import evaluate_teacher
-
     heads = grid.teacher.heads
     if not heads:
         return [], None
@@ -75,8 +76,6 @@ def _teacher_rows(grid: GridConfig, overrides: GridSections, test: bool) -> tupl
 
 def _student_row(grid: GridConfig, row, overrides: GridSections, probe: Path | None, smoke: bool) -> dict:
     """Step 2, one row: skip it if finished with the same settings, else train or resume it."""
-    from edgedistill.training.fit import config_diffs, train
-
     data, teacher, tcfg = grid.configs(row, overrides)
     if tcfg.head == "linear" and tcfg.target != "labels" and tcfg.head_path is None:
         if probe is None:
@@ -91,7 +90,7 @@ def _student_row(grid: GridConfig, row, overrides: GridSections, probe: Path | N
                               f"({'; '.join(diffs)}); delete or move that folder to rerun it")
         say(f"[run] {row.name}: finished, skipping")
     else:
-        tcfg.resume = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.ckpt"))
+        tcfg.resume = has_checkpoint(run_dir)
         say(f"[run] {row.name}: {'resuming' if tcfg.resume else 'training'}")
         run_dir = train(data, teacher, tcfg)
     m = storage.read_json(run_dir / "metrics.json")
@@ -141,8 +140,6 @@ def run_grid(grid_path: str | Path, *, only: list[str] | None = None, smoke: boo
     Returns:
         The results dict also written to ``results.json``.
     """
-    from edgedistill.pipelines.report import write_grid_results
-
     grid = load_grid(grid_path)
     if out_dir:
         grid.out_dir = out_dir

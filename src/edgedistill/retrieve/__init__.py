@@ -34,14 +34,14 @@ Output folder (``out``)::
     contact_sheet.png   per class its top images and its borderline (lowest kept) ones
 
 ``manifest.csv`` is a dataset: ``--data.dataset manifest --data.root <out>/manifest.csv`` (its rows
-may be deleted by a person who checked the contact sheet; the pool's sources are reopened and
-checked, so the pool's teacher cache is reused).
+may be deleted by a person who checked the contact sheet; :mod:`edgedistill.data.manifest` reopens
+and checks the pool's sources, so the pool's teacher cache is reused).
 """
 
 from __future__ import annotations
 
 from edgedistill.retrieve.command import format_counts, retrieve_command
-from edgedistill.retrieve.manifest import FORMAT, MANIFEST_COLUMNS, manifest_sources, read_manifest, write_manifest
+from edgedistill.retrieve.manifest import FORMAT, write_manifest
 from edgedistill.retrieve.pool import PoolRows, item_sha256
 from edgedistill.retrieve.refine import Examples, background, load_examples, open_examples, refine
 from edgedistill.retrieve.run import RetrievalPlan, finished_retrieval, plan_retrieval, run_retrieval
@@ -50,8 +50,8 @@ from edgedistill.retrieve.search import FAISS_INDEX, exact_search, faiss_index, 
 from edgedistill.retrieve.select import Kept, apply_balance, draw_other, select_class
 from edgedistill.retrieve.sheet import contact_sheet
 
-__all__ = ["FAISS_INDEX", "FORMAT", "MANIFEST_COLUMNS", "Examples", "Kept", "PoolRows", "Query", "RetrievalPlan", "Scorer",
+__all__ = ["FAISS_INDEX", "FORMAT", "Examples", "Kept", "PoolRows", "Query", "RetrievalPlan", "Scorer",
            "apply_balance", "background", "centered", "contact_sheet", "draw_other", "exact_search", "faiss_index", "faiss_search",
-           "finished_retrieval", "format_counts", "item_sha256", "knn_similarity", "load_examples", "manifest_sources", "open_examples",
-           "plan_retrieval", "read_manifest", "refine", "retrieve_command", "run_retrieval", "select_class",
+           "finished_retrieval", "format_counts", "item_sha256", "knn_similarity", "load_examples", "open_examples",
+           "plan_retrieval", "refine", "retrieve_command", "run_retrieval", "select_class",
            "write_manifest"]

@@ -8,6 +8,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from edgedistill import storage
+from edgedistill.data.sources import describe_item
 
 
 class PoolRows:
@@ -68,8 +69,6 @@ class PoolRows:
 
     def describe(self, gid: int) -> tuple[str, int, str]:
         """``(source key, index, path)`` of a global id; the path is a file or ``<tar>::<member>``."""
-        from edgedistill.data.sources import describe_item
-
         s, i = self.locate(gid)
         return self.keys[s], i, describe_item(self.sources[s], i)
 

@@ -10,9 +10,12 @@ from typing import Sequence
 import numpy as np
 
 from edgedistill import storage
+from edgedistill.cache import cache_source
 from edgedistill.config import RetrieveConfig
+from edgedistill.data.sources import ImageFolderSource, safe_name
 from edgedistill.deploy.runtime import l2_normalize
 from edgedistill.errors import ConfigError
+from edgedistill.prompts import normalise_name
 from edgedistill.retrieve.pool import PoolRows
 from edgedistill.retrieve.scoring import Query, Scorer, centered
 from edgedistill.retrieve.search import exact_search
@@ -24,9 +27,6 @@ def open_examples(path: str, names: Sequence[str]):
     Raises:
         ConfigError: not a folder, or a class folder that names no prompts class.
     """
-    from edgedistill.data.sources import ImageFolderSource, safe_name
-    from edgedistill.prompts import normalise_name
-
     root = Path(path).expanduser()
     if not root.is_dir():
         raise ConfigError(f"retrieve.examples={path!r} is not a folder; give one holding <class>/*.jpg, a few example "
@@ -61,8 +61,6 @@ class Examples:
 
 def load_examples(plan, num_workers: int = 2) -> Examples:
     """Embed the plan's example images with its teacher, through the teacher cache (a source like the pool's)."""
-    from edgedistill.cache import cache_source
-
     src = plan.examples
     cache = cache_source(plan.teacher, src, plan.cache_dir, batch_size=plan.teacher_cfg.batch_size,
                          num_workers=num_workers)

@@ -16,10 +16,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgedistill import storage
+from edgedistill.cache import ensure_cache
 from edgedistill.config import DEFAULT_CACHE_DIR, DataConfig, RetrieveConfig, TeacherConfig, asdict
 from edgedistill.console import say
+from edgedistill.data.splits import build_splits
 from edgedistill.deploy.runtime import l2_normalize
 from edgedistill.errors import ConfigError
+from edgedistill.heads import save_head
+from edgedistill.heads.label_map import OTHER, format_review, with_other
+from edgedistill.heads.zero_shot import prompt_head
+from edgedistill.prompts import class_names, prompts_digest, read_prompts
 from edgedistill.retrieve.manifest import FORMAT, write_manifest
 from edgedistill.retrieve.pool import PoolRows
 from edgedistill.retrieve.refine import load_examples, open_examples, refine
@@ -27,6 +33,7 @@ from edgedistill.retrieve.scoring import Query, Scorer
 from edgedistill.retrieve.search import _PAD, _faiss_available, _require_faiss, exact_search, faiss_search
 from edgedistill.retrieve.select import Kept, apply_balance, draw_other, select_class
 from edgedistill.retrieve.sheet import contact_sheet
+from edgedistill.teachers import create_teacher
 
 
 @dataclass
@@ -73,11 +80,6 @@ def plan_retrieval(
         ConfigError / DataError: a bad prompts file, a missing pool, a name no ImageNet class matches, FAISS asked
             but missing or for a label map.
     """
-    from edgedistill.data.splits import build_splits
-    from edgedistill.heads.label_map import OTHER, with_other
-    from edgedistill.prompts import class_names, prompt_head, prompts_digest, read_prompts
-    from edgedistill.teachers import create_teacher
-
     plist = read_prompts(prompts)
     examples = open_examples(cfg.examples, class_names(plist)) if cfg.examples is not None else None
     paths = [str(Path(p).expanduser().resolve()) for p in ([pool] if isinstance(pool, (str, os.PathLike)) else pool)]
@@ -142,10 +144,6 @@ def run_retrieval(plan: RetrievalPlan, *, num_workers: int = 2, log: Callable[[s
     Returns:
         The ``retrieval.json`` record.
     """
-    from edgedistill.cache import ensure_cache
-    from edgedistill.heads import save_head
-    from edgedistill.heads.label_map import format_review
-
     out, cfg = plan.out, plan.cfg
     done = finished_retrieval(out)
     if done is not None and done.get("key") == plan.key:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 from edgedistill import storage
+from edgedistill.data.images import BadImageError
 from edgedistill.retrieve.pool import PoolRows
 from edgedistill.retrieve.select import Kept
 
@@ -18,8 +19,6 @@ def contact_sheet(pool: PoolRows, kept: list[list[Kept]], classes: Sequence[str]
     and where its threshold cuts.
     """
     from PIL import Image, ImageDraw
-
-    from edgedistill.data.images import BadImageError
 
     label_w, cap_h, gap = 150, 14, 12
     n_cols = top + border

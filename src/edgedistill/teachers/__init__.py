@@ -14,7 +14,7 @@ import torch
 
 from edgedistill.config import DEFAULT_CACHE_DIR, TeacherConfig
 from edgedistill.errors import ConfigError
-from edgedistill.teachers.base import Teacher, make_fingerprint, resolve_device
+from edgedistill.teachers.base import OnnxRuntimeTeacher, Teacher, make_fingerprint, resolve_device
 
 __all__ = ["TEACHERS", "Teacher", "create_teacher", "make_fingerprint", "register_teacher", "resolve_device"]
 
@@ -65,7 +65,5 @@ def create_teacher(cfg: TeacherConfig, cache_dir: str = DEFAULT_CACHE_DIR) -> Te
     teacher.batch_size = cfg.batch_size
     teacher = teacher.to(device)
     if cfg.runtime == "onnxruntime":
-        from edgedistill.teachers.base import OnnxRuntimeTeacher
-
         teacher = OnnxRuntimeTeacher(teacher, cache_dir)
     return teacher

@@ -12,6 +12,7 @@ Every teacher, whatever library it wraps, is an ``nn.Module`` that
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,6 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from edgedistill.data.views import ViewSpec
+from edgedistill.deploy.onnx import DeployModel, check_parity, export_onnx
+from edgedistill.deploy.runtime import DeployMeta, ort_session
 from edgedistill.errors import ConfigError, EdgeDistillError, WeightsNotFoundError
 from edgedistill.storage import file_sha256  # noqa: F401 - re-exported for the teacher modules
 
@@ -196,11 +199,6 @@ class OnnxRuntimeTeacher(Teacher):
         self.freeze()
 
     def _open(self, tolerance: float, threads: int):
-        import dataclasses
-
-        from edgedistill.deploy.export import DeployModel, check_parity, export_onnx
-        from edgedistill.deploy.runtime import DeployMeta, ort_session
-
         model = DeployModel(self.inner, None, self.outputs).eval()
         size = self.view.image_size
         probe = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))

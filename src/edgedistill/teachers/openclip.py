@@ -23,14 +23,14 @@ import open_clip
 import torch
 from torch import Tensor, nn
 
-from edgedistill.config import TeacherConfig
+from edgedistill.config import DEFAULT_OPENCLIP_MODEL, TeacherConfig
 from edgedistill.data.views import RESAMPLE, ViewSpec
 from edgedistill.errors import ConfigError, WeightsNotFoundError
 from edgedistill.teachers.base import Teacher, file_sha256, make_fingerprint, state_dict_sha256
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TAGS = {"ViT-B-32": "laion2b_s34b_b79k"}
+DEFAULT_TAGS = {DEFAULT_OPENCLIP_MODEL: "laion2b_s34b_b79k"}
 """Pretrained tag used when ``teacher.pretrained`` is unset (the tutorial's teacher)."""
 RANDOM = "random"
 """``teacher.pretrained`` value for random weights (tests and speed benchmarks)."""
@@ -171,7 +171,7 @@ _PREPROCESS_KEYS = ("size", "mode", "mean", "std", "interpolation", "resize_mode
 
 
 def create_openclip_teacher(
-    name: str = "ViT-B-32",
+    name: str = DEFAULT_OPENCLIP_MODEL,
     pretrained: str | None = None,
     image_size: int | None = None,
     device: torch.device | str = "cpu",
@@ -223,4 +223,4 @@ def create_openclip_teacher(
 
 def openclip_from_config(cfg: TeacherConfig, device: torch.device) -> OpenCLIPTeacher:
     """Registry entry ``openclip``."""
-    return create_openclip_teacher(cfg.model or "ViT-B-32", cfg.pretrained, cfg.image_size, device=device)
+    return create_openclip_teacher(cfg.model or DEFAULT_OPENCLIP_MODEL, cfg.pretrained, cfg.image_size, device=device)

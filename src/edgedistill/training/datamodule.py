@@ -22,6 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from edgedistill.data.splits import collate_skip_bad
+from edgedistill.data.transforms import sample_aug_params
+
 
 class PixelBatches(Dataset):
     """The rows of a split, read from pixel caches a whole batch at a time (``__getitems__``).
@@ -53,8 +56,6 @@ class PixelBatches(Dataset):
         return self.__getitems__([j])
 
     def __getitems__(self, js: list[int]) -> dict[str, Any] | None:
-        from edgedistill.data.transforms import sample_aug_params
-
         js = np.asarray(js, dtype=np.int64)
         part, index = self.part[js], self.index[js]
         valid = np.empty(len(js), dtype=bool)
@@ -140,8 +141,6 @@ class DistillDataModule(L.LightningDataModule):
         self.pixel_caches, self.views, self.views_seed, self.seed = pixel_caches, views, views_seed, seed
 
     def _loader(self, spec: str, transform, train: bool) -> DataLoader:
-        from edgedistill.data.splits import collate_skip_bad
-
         if self.pixel_caches is not None:
             ds = PixelBatches(self.splits, spec, self.pixel_caches, self.views if train else None, self.views_seed)
             workers, collate = 0, _whole_batch  # a batch is one memory-map gather: no worker process pays off

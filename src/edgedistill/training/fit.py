@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,21 +31,27 @@ from typing import Any, Iterator
 import lightning.pytorch as L
 import numpy as np
 import torch
-import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor, nn
 
 from edgedistill import storage
-from edgedistill.config import RECORD_IGNORED, DataConfig, TeacherConfig, TrainConfig, asdict
+from edgedistill.cache import ensure_cache, pixel_cache
+from edgedistill.config import RECORD_IGNORED, DataConfig, TeacherConfig, TrainConfig
 from edgedistill.console import progress_enabled, say, warn_once
+from edgedistill.data.splits import build_splits
+from edgedistill.data.transforms import BatchAugment, TrainTransform, eval_transform
+from edgedistill.data.views import ViewSpec, student_view
 from edgedistill.errors import ConfigError, DataError
-from edgedistill.students import StudentManifest
+from edgedistill.heads import build_head, save_head
+from edgedistill.students import StudentManifest, count_parameters, create_student
+from edgedistill.teachers import create_teacher
 from edgedistill.training.callbacks import RunHistory, StderrProgressBar
 from edgedistill.training.checkpoints import SafeCheckpointIO, confined, load_checkpoint, resume_checkpoint
 from edgedistill.training.datamodule import DistillDataModule
 from edgedistill.training.module import CachedTargets, DistillModule, NonFiniteLossError, OnlineTargets, TargetProvider
+from edgedistill.training.record import CHECKPOINTS, config_diffs, has_checkpoint, write_run_config
 
 CACHE_AUG_SEED = 0
 """Seed of the K cached augmented views: fixed (the ``edgedistill cache`` default) so runs with
@@ -93,9 +98,6 @@ def build_targets(data_cfg: DataConfig, teacher_cfg: TeacherConfig, cfg: TrainCo
     """Teacher targets (cached or online) for ``cfg.target``, and the head an embedding student is classified by."""
     if cfg.target == "labels":
         return Targets(None, None, {})
-    from edgedistill.heads import build_head
-    from edgedistill.teachers import create_teacher
-
     teacher = create_teacher(teacher_cfg, cfg.cache_dir)
     saved = cfg.head_path if cfg.head != "label_map" or _is_saved_head(cfg.head_path) else None
     label_map = cfg.head_path if cfg.head == "label_map" and saved is None else None
@@ -111,8 +113,6 @@ def build_targets(data_cfg: DataConfig, teacher_cfg: TeacherConfig, cfg: TrainCo
         out = "embedding" if cfg.target == "embedding" else head_input
         provider: TargetProvider = OnlineTargets(teacher, out, None if cfg.target == "embedding" else head)
     else:
-        from edgedistill.cache import ensure_cache
-
         caches = ensure_cache(data_cfg, teacher_cfg, cfg.train_split, cfg.cache_dir, views=cfg.views or 0,
                               seed=CACHE_AUG_SEED, num_workers=cfg.num_workers, teacher=teacher, splits=splits)
         provider = CachedTargets({k: cached_targets(c, cfg.target, head, head_input) for k, c in caches.items()})
@@ -136,27 +136,6 @@ def _targets_kind(cfg: TrainConfig) -> str:
 
 
 # ----------------------------------------------------------------------------- the run's record
-
-
-def record_of(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> dict[str, dict]:
-    """The configs as written to ``config.yaml``."""
-    return {"data": asdict(data), "teacher": asdict(teacher), "train": asdict(cfg)}
-
-
-def config_diffs(run_dir: Path, data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig,
-                 ignore: tuple[str, ...] = RECORD_IGNORED) -> list[str]:
-    """Settings that differ from those recorded in ``run_dir/config.yaml`` (``section.key: old -> new``)."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return []
-    try:
-        old = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path} is damaged ({type(e).__name__}); move the run directory away to start over") from None
-    old = old if isinstance(old, dict) else {}
-    new = record_of(data, teacher, cfg)
-    return [f"{sec}.{k}: {(old.get(sec) or {}).get(k)!r} -> {v!r}" for sec, d in new.items() for k, v in d.items()
-            if (old.get(sec) or {}).get(k) != v and k not in ignore]
 
 
 # ----------------------------------------------------------------------------- build, fit, finalize
@@ -199,8 +178,8 @@ def _resolve_hardware(cfg: TrainConfig) -> tuple[str, str, str]:
 
 def _check_resume(run_dir: Path, data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> Path | None:
     """The checkpoint to resume from; refuses an existing run without ``resume`` or resumed with other settings."""
-    ckpt_dir = run_dir / "checkpoints"
-    has_ckpt = ckpt_dir.is_dir() and any(ckpt_dir.glob("*.ckpt"))
+    ckpt_dir = run_dir / CHECKPOINTS
+    has_ckpt = has_checkpoint(run_dir)
     if has_ckpt and not cfg.resume:
         raise ConfigError(f"Run directory {str(run_dir)!r} already holds a checkpoint; pass --train.resume true "
                           "to continue it or --train.name to start another run")
@@ -222,11 +201,6 @@ def build_run(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> Run
     Raises:
         ConfigError / DataError: a bad value, an existing run without ``resume``, a resume with other settings.
     """
-    from edgedistill.data.splits import build_splits
-    from edgedistill.data.transforms import BatchAugment, TrainTransform, eval_transform
-    from edgedistill.data.views import student_view
-    from edgedistill.students import count_parameters, create_student
-
     run_dir = Path(cfg.out_dir).expanduser().resolve() / cfg.run_name()  # absolute: Lightning reports absolute paths
     resume_from = _check_resume(run_dir, data, teacher, cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -244,6 +218,7 @@ def build_run(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> Run
         warn_once("train.aug=true with cached teacher targets of the plain (uncropped) view: the teacher's target "
                   "describes the whole image, not the student's crop. For exact targets set train.views=K "
                   "(K cached crops) or train.online_teacher=true")
+    # only the logging cadence (Lightning needs it before its loaders exist); the schedule counts Lightning's steps
     steps_per_epoch = max(n_train // (cfg.batch_size * cfg.devices * cfg.num_nodes), 1)
     if cfg.schedule == "cosine" and cfg.max_steps == -1 and cfg.warmup_epochs >= cfg.epochs:
         warn_once(f"train.warmup_epochs={cfg.warmup_epochs} covers all train.epochs={cfg.epochs}: the learning rate "
@@ -256,15 +231,11 @@ def build_run(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> Run
     sview = student_view(cfg.image_size, tuple(cfg.mean) if cfg.mean else None, tuple(cfg.std) if cfg.std else None)
     tview = None
     if cfg.online_teacher and cfg.target != "labels":
-        from edgedistill.data.views import ViewSpec
-
         tview = ViewSpec(**targets.info["view"])
     train_tf = TrainTransform(sview, aug=cfg.aug, seed=CACHE_AUG_SEED, teacher_view=tview, num_views=cfg.views,
                               scale=(cfg.min_crop, 1.0))
     pixels = None
     if cfg.pixel_cache and tview is None:  # the online teacher needs each crop at its own resolution: images path
-        from edgedistill.cache import pixel_cache
-
         specs = [cfg.train_split] + ([val_split] if val_split else []) + (["test"] if cfg.eval_test else [])
         keys = dict.fromkeys(k for spec in specs for k in splits.sources_of(spec))
         pixels = {k: pixel_cache(splits.sources[k], sview, cfg.cache_dir) for k in keys}
@@ -276,7 +247,7 @@ def build_run(data: DataConfig, teacher: TeacherConfig, cfg: TrainConfig) -> Run
         student, target=cfg.target, num_classes=len(splits.classes), head=targets.student_head,
         targets=targets.provider, temperature=cfg.temperature, kd_weight=cfg.kd_weight, ce_weight=cfg.ce_weight,
         feature_loss=cfg.feature_loss, kd_reduction=cfg.kd_reduction, optimizer=cfg.optimizer, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, momentum=cfg.momentum, warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+        weight_decay=cfg.weight_decay, momentum=cfg.momentum, warmup_epochs=cfg.warmup_epochs,
         schedule=cfg.schedule, batch_augment=BatchAugment(sview, scale=(cfg.min_crop, 1.0), pad=cfg.pad_crop) if pixels else None,
         aug=cfg.aug, seed=cfg.seed, channels_last=cfg.channels_last,
     )
@@ -395,8 +366,6 @@ def finalize_run(setup: RunSetup, fit: FitResult) -> Path:
         storage.save_safetensors(run_dir / "student.safetensors", weights, metadata={"arch": cfg.student})
         head = setup.targets.student_head
         if head is not None:
-            from edgedistill.heads import save_head
-
             save_head(head, run_dir / "head")
         StudentManifest(
             arch=cfg.student, num_outputs=setup.num_outputs, class_names=list(setup.splits.classes),
@@ -418,8 +387,7 @@ def train(data: DataConfig, teacher: TeacherConfig, train: TrainConfig) -> Path:
     """
     setup = build_run(data, teacher, train)
     if rank_zero_only.rank == 0:  # the run's record, written once every setting is known good (and the folder writable)
-        storage.write_text(setup.run_dir / "config.yaml", yaml.safe_dump(record_of(data, teacher, setup.cfg),
-                                                                         sort_keys=False))
+        write_run_config(setup.run_dir, data, teacher, setup.cfg)
     with lightning_quiet(setup.run_dir / "logs" / "lightning.log"):
         return finalize_run(setup, fit_run(setup))
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import lightning.pytorch as L
 import torch
+from timm.optim import create_optimizer_v2
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -128,7 +129,8 @@ class DistillModule(L.LightningModule):
         lr: Peak learning rate.
         weight_decay: Decoupled (AdamW) or L2 (SGD) weight decay; not applied to biases and norms.
         momentum: SGD momentum.
-        warmup_steps: Linear warmup length in optimizer steps.
+        warmup_epochs: Linear warmup length in epochs, turned into optimizer steps with Lightning's own count of a
+            run's steps (the one the cosine's total comes from), when the optimizer is made.
         schedule: ``cosine`` (to 0 at the last step, after warmup) or ``constant``.
         batch_augment: ``data.transforms.BatchAugment`` for batches of decoded ``pixels`` (the pixels
             input path): crops, flips and normalises them on the device after transfer.
@@ -155,7 +157,7 @@ class DistillModule(L.LightningModule):
         lr: float = 0.1,
         weight_decay: float = 5e-4,
         momentum: float = 0.9,
-        warmup_steps: int = 0,
+        warmup_epochs: float = 0.0,
         schedule: str = "cosine",
         batch_augment: nn.Module | None = None,
         aug: bool = True,
@@ -182,7 +184,7 @@ class DistillModule(L.LightningModule):
             "lr": lr,
             "weight_decay": weight_decay,
             "momentum": momentum,
-            "warmup_steps": warmup_steps,
+            "warmup_epochs": warmup_epochs,
             "schedule": schedule,
         }
         self.batch_augment, self.aug, self.seed, self.channels_last = batch_augment, aug, seed, channels_last
@@ -278,16 +280,24 @@ class DistillModule(L.LightningModule):
         self._eval_step(batch, "test", self.test_acc)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        from timm.optim import create_optimizer_v2
-
         o = self.optim_args
         # timm's factory: biases and norm scales (1-D) are not decayed (Goyal et al. 2017); "sgd" is Nesterov.
         name = {"sgd": "sgd" if o["momentum"] > 0 else "momentum"}.get(o["optimizer"], o["optimizer"])
         opt = create_optimizer_v2(self.student, opt=name, lr=o["lr"], weight_decay=o["weight_decay"],
                                   momentum=o["momentum"], filter_bias_and_bn=True)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(o["warmup_steps"], total, o["schedule"]))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(*self.schedule_steps(o["warmup_epochs"]), o["schedule"]))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+    def schedule_steps(self, warmup_epochs: float) -> tuple[int, int]:
+        """``(warmup steps, total steps)``, both from Lightning's count of this run's optimizer steps
+        (``estimated_stepping_batches``: epochs or ``max_steps``, devices, gradient accumulation)."""
+        trainer = self.trainer
+        total = max(int(trainer.estimated_stepping_batches), 1)
+        batches = trainer.num_training_batches  # per epoch and device, set once the train loader is built
+        per_epoch = (math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches)
+                     else total / max(trainer.max_epochs or 1, 1))
+        return round(warmup_epochs * max(per_epoch, 1)), total
 
 
 class warmup_cosine:  # noqa: N801 - a picklable function object (LambdaLR state, DDP spawn)

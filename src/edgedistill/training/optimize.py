@@ -35,337 +35,45 @@ A stage directory ``<run>/optimize/<recipe>/`` holds::
                            with reasons, fine-tune time and accuracy; written last ("finished": true)
     metrics.json  checkpoints/  logs/    as a training run's
 
-``load_optimized_student`` rebuilds the model from ``student.json`` + the ModelOpt state;
-``deploy.export`` exports it (QDQ ONNX for QAT, dense-with-zeros FP32 for 2:4).
+Modules: ``training.modelopt`` (the ModelOpt adapter and its serialisation), ``training.recipes`` (a
+stage as others read it: ``load_optimized_student`` rebuilds the model from ``student.json`` + the
+ModelOpt state, and ``deploy.export`` exports it: QDQ ONNX for QAT, dense-with-zeros FP32 for 2:4),
+this module (the fine-tune's orchestration and the command).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import time
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
-import yaml
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor, nn
 
 from edgedistill import storage
-from edgedistill.config import (
-    RECORD_IGNORED,
-    DataConfig,
-    OptimizeConfig,
-    TeacherConfig,
-    TrainConfig,
-    from_dict,
-    replace,
+from edgedistill.config import RECORD_IGNORED, DataConfig, OptimizeConfig, TeacherConfig, TrainConfig, replace
+from edgedistill.console import say
+from edgedistill.data.transforms import eval_transform
+from edgedistill.errors import ConfigError
+from edgedistill.students import StudentManifest, load_student
+from edgedistill.training.checkpoints import load_checkpoint
+from edgedistill.training.fit import build_run, finalize_run, fit_run, lightning_quiet
+from edgedistill.training.modelopt import (
+    load_modelopt,
+    plain_weights,
+    prepare_student,
+    quantization_report,
+    quantize,
+    require_modelopt,
+    save_modelopt,
+    sparsify,
+    sparsity_report,
 )
-from edgedistill.console import log_at_least, say
-from edgedistill.errors import ConfigError, EdgeDistillError
-
-OPTIMIZE_FORMAT = 1
-MODELOPT_INSTALL = "pip install 'edgedistill[optimize]'"
-SPARSE_STAGE = "sparse24"
-RECIPE_PRECISION = {"qat": "qat-int8", "sparse24": "sparse-fp32", "sparse24-qat": "sparse-qat-int8"}
-"""Recipe -> the precision label its exported model carries (``DeployMeta.precision``)."""
-_MODES = {"magnitude": "sparse_magnitude", "sparsegpt": "sparsegpt"}
-
-
-class ModelOptUnavailableError(EdgeDistillError):
-    """NVIDIA Model Optimizer is not installed (or cannot be imported)."""
-
-
-# ----------------------------------------------------------------------------- Model Optimizer, lazily
-
-
-@contextlib.contextmanager
-def modelopt_quiet(log: list[str] | None = None) -> Iterator[None]:
-    """Keep ModelOpt's chatter off the terminal: its prints ("Inserted 88 quantizers", one "Searching for
-    sparse mask" line per layer) and warnings (a skipped layer, no CUDA runtime, no transformers) are
-    appended to ``log`` (the caller reports what matters in its own words)."""
-    out = io.StringIO()
-    try:
-        with (contextlib.redirect_stdout(out), warnings.catch_warnings(record=True) as caught,
-              log_at_least(logging.ERROR, "torch.utils.cpp_extension")):
-            warnings.simplefilter("always")
-            yield
-    finally:
-        if log is not None:
-            log.extend(line for line in out.getvalue().splitlines() if line.strip())
-            log.extend(str(w.message) for w in caught)
-
-
-def require_modelopt(what: str) -> SimpleNamespace:
-    """Import ModelOpt's torch APIs (``mto``, ``mtq``, ``mts``), or raise one line naming the extra to install.
-
-    Raises:
-        ModelOptUnavailableError: ``<what> needs NVIDIA Model Optimizer: pip install 'edgedistill[optimize]' (...)``.
-    """
-    try:
-        with modelopt_quiet():
-            import modelopt
-            import modelopt.torch.opt as mto
-            import modelopt.torch.quantization as mtq
-            import modelopt.torch.sparsity as mts
-    except ImportError as e:  # not installed, or a dependency of it missing (0.47 imports requests undeclared)
-        raise ModelOptUnavailableError(f"{what} needs NVIDIA Model Optimizer: {MODELOPT_INSTALL} "
-                                       f"({type(e).__name__}: {e})") from None
-    return SimpleNamespace(mto=mto, mtq=mtq, mts=mts, version=getattr(modelopt, "__version__", "?"))
-
-
-def prepare_student(model: nn.Module) -> nn.Module:
-    """Make every layer visible to ModelOpt, in place; outputs are unchanged.
-
-    ModelOpt converts ``nn.Linear``/``nn.Conv2d`` and subclasses that keep their forward;
-    ``timm.layers.Linear`` (mobilenetv3's classifier) overrides forward (only for TorchScript), so
-    it would be silently neither quantized nor sparsified. Its forward is ``F.linear`` otherwise,
-    so it becomes a plain ``nn.Linear``. A restore must rebuild the model the same way.
-    """
-    import timm.layers
-
-    for module in model.modules():
-        if type(module) is timm.layers.Linear:
-            module.__class__ = nn.Linear
-    return model
-
-
-# ----------------------------------------------------------------------------- 2:4 sparsity
-
-
-def is_two_of_four(weight: Tensor | np.ndarray) -> bool:
-    """True when every group of 4 consecutive input-channel weights holds at least 2 zeros.
-
-    A conv weight ``[K, C, R, S]`` is grouped along C at each (k, r, s); a linear ``[out, in]`` along
-    ``in``: the layout of ModelOpt's magnitude mask, TensorRT and cuSPARSELt. False when C % 4 != 0.
-    """
-    w = weight.detach().cpu().numpy() if isinstance(weight, Tensor) else np.asarray(weight)
-    if w.ndim < 2 or w.shape[1] % 4:
-        return False
-    groups = np.moveaxis(w, 1, -1).reshape(-1, 4)  # [K * R * S, C] -> [K * R * S * C / 4, 4]
-    return bool(((groups == 0).sum(axis=1) >= 2).all())
-
-
-def skip_reason(shape: list[int] | tuple[int, ...], method: str) -> str:
-    """Why ModelOpt (0.47) leaves a layer dense: its size rule (magnitude: out % 8, in % 16; sparsegpt: both % 4)."""
-    out_ch, in_ch = shape[0], shape[1]
-    rule = (8, 16) if method == "magnitude" else (4, 4)
-    bad = [f"{what}={n} is not a multiple of {m}" for what, n, m in (("out", out_ch, rule[0]), ("in", in_ch, rule[1]))
-           if n % m]
-    return ", ".join(bad) if bad else "excluded by ModelOpt's rules"
-
-
-def sparsity_report(model: nn.Module, method: str = "magnitude") -> dict[str, Any]:
-    """Per Conv2d/Linear layer: share of zeros in its effective weight, the 2:4 check, and its status.
-
-    Status: ``2:4`` (masked by ModelOpt), ``skipped`` (ModelOpt left it dense; reason: its size rule) or
-    ``not converted`` (a layer type ModelOpt does not sparsify). Works on a ModelOpt model (the mask
-    buffers say which layers are sparse) and on a plain one (then the 2:4 check decides).
-    """
-    layers = []
-    modelopt = any(hasattr(m, "_weight_mask") for m in model.modules())
-    for name, m in model.named_modules():
-        if not isinstance(m, (nn.Conv2d, nn.Linear)):
-            continue
-        w = m.weight.detach()  # ModelOpt: raw * mask
-        ok = is_two_of_four(w)
-        entry = {"layer": name, "shape": list(w.shape), "zeros": round(float((w == 0).float().mean()), 4), "two_of_four": ok}
-        if modelopt and not hasattr(m, "_weight_mask"):
-            entry.update(status="not converted", reason=f"{type(m).__name__} is not a layer ModelOpt sparsifies")
-        elif modelopt:
-            mask = m._weight_mask
-            sparse = mask is not None and not bool(mask.all())
-            entry.update(status="2:4" if sparse else "skipped", reason=None if sparse else skip_reason(w.shape, method))
-        else:
-            entry.update(status="2:4" if ok else "dense", reason=None)
-        layers.append(entry)
-    sparse = [entry for entry in layers if entry["status"] == "2:4"]
-    weights = sum(int(np.prod(entry["shape"])) for entry in layers)
-    zeros = sum(entry["zeros"] * int(np.prod(entry["shape"])) for entry in layers)
-    return {
-        "sparse_layers": len(sparse),
-        "layers": len(layers),
-        "all_sparse_layers_two_of_four": all(entry["two_of_four"] for entry in sparse),
-        "zeros_of_all_weights": round(zeros / max(weights, 1), 4),
-        "skipped": [{"layer": entry["layer"], "shape": entry["shape"], "reason": entry["reason"]}
-                    for entry in layers if entry["status"] in ("skipped", "not converted")],
-        "per_layer": layers,
-    }
-
-
-def sparsify(model: nn.Module, mo: SimpleNamespace, method: str = "magnitude",
-             calib: list[Tensor] | None = None) -> nn.Module:
-    """2:4-sparsify ``model`` in place with ModelOpt (``magnitude`` or ``sparsegpt``, which needs ``calib``).
-
-    Raises:
-        EdgeDistillError: SparseGPT failed (its conv Hessian unfolds without padding, so a 3x3 conv whose input
-            is smaller than 3x3, e.g. the last stage of a ResNet at 32 px, cannot be handled).
-    """
-    config = None
-    if method == "sparsegpt":
-        config = {"data_loader": calib, "collect_func": lambda batch: batch, "verbose": False}
-    try:
-        with modelopt_quiet():
-            return mo.mts.sparsify(model, _MODES[method], config=config)
-    except RuntimeError as e:
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise EdgeDistillError(f"sparsity_method=sparsegpt failed on this student ({why[:110]}{'...' if len(why) > 110 else ''}); "
-                               "use sparsity_method=magnitude, or a larger image_size") from None
-
-
-# ----------------------------------------------------------------------------- INT8
-
-
-def quantize(model: nn.Module, mo: SimpleNamespace, calib: list[Tensor]) -> nn.Module:
-    """Insert INT8 fake quantizers (``INT8_DEFAULT_CFG``) in place and calibrate them on ``calib`` batches.
-
-    Calibration runs in eval mode (BatchNorm on its running statistics, as deployed).
-    """
-    model.eval()
-
-    def forward_loop(m: nn.Module) -> None:
-        with torch.no_grad():
-            for x in calib:
-                m(x)
-
-    with modelopt_quiet():
-        return mo.mtq.quantize(model, mo.mtq.INT8_DEFAULT_CFG, forward_loop)
-
-
-def quantization_report(model: nn.Module) -> dict[str, Any]:
-    """Which Conv2d/Linear layers carry an enabled INT8 weight quantizer, and which do not."""
-    done, left = [], []
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            q = getattr(m, "weight_quantizer", None)
-            (done if q is not None and q.is_enabled else left).append(name)
-    quantizers = [m for m in model.modules() if type(m).__name__ == "TensorQuantizer"]
-    return {"config": "INT8_DEFAULT_CFG: int8 weights per output channel, int8 activations per tensor, max calibration",
-            "quantized_layers": len(done), "quantizers_enabled": sum(bool(q.is_enabled) for q in quantizers),
-            "not_quantized": left}
-
-
-# ----------------------------------------------------------------------------- ModelOpt state as JSON + safetensors
-
-# mto.modelopt_state() is plain data except tuples (mode entries), torch.Size and torch.dtype; they are tagged in
-# JSON and rebuilt on load (dtypes from an allow-list: no string is ever evaluated).
-_DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.uint8,
-                               torch.int16, torch.int32, torch.int64, torch.bool)}
-
-
-def _encode(o: Any) -> Any:
-    if isinstance(o, torch.Size):
-        return {"__size__": list(o)}
-    if isinstance(o, torch.dtype):
-        return {"__dtype__": str(o)}
-    if isinstance(o, tuple):
-        return {"__tuple__": [_encode(v) for v in o]}
-    if isinstance(o, list):
-        return [_encode(v) for v in o]
-    if isinstance(o, dict):
-        if any(not isinstance(k, str) for k in o):
-            raise EdgeDistillError(f"ModelOpt state has non-string keys {[k for k in o if not isinstance(k, str)][:3]}")
-        return {k: _encode(v) for k, v in o.items()}
-    if o is None or isinstance(o, (str, int, float, bool)):
-        return o
-    raise EdgeDistillError(f"ModelOpt state holds a {type(o).__name__} that cannot be stored as JSON: {o!r:.80}")
-
-
-def _decode(o: Any, path: Path) -> Any:
-    if isinstance(o, list):
-        return [_decode(v, path) for v in o]
-    if isinstance(o, dict):
-        if set(o) == {"__size__"}:
-            return torch.Size(o["__size__"])
-        if set(o) == {"__dtype__"}:
-            if o["__dtype__"] not in _DTYPES:
-                raise EdgeDistillError(f"{path} names an unexpected dtype {o['__dtype__']!r}; it is damaged")
-            return _DTYPES[o["__dtype__"]]
-        if set(o) == {"__tuple__"}:
-            return tuple(_decode(v, path) for v in o["__tuple__"])
-        return {k: _decode(v, path) for k, v in o.items()}
-    return o
-
-
-def save_modelopt(model: nn.Module, mo: SimpleNamespace, folder: Path) -> None:
-    """``folder/modelopt_state.json`` (modes, quantizer metadata) + ``folder/modelopt.safetensors`` (all tensors)."""
-    storage.write_json(folder / "modelopt_state.json", _encode(mo.mto.modelopt_state(model)))
-    # clone: safetensors refuses tensors sharing storage
-    storage.save_safetensors(folder / "modelopt.safetensors",
-                             {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()})
-
-
-def load_modelopt(build: Callable[[], nn.Module], mo: SimpleNamespace, folder: Path) -> nn.Module:
-    """Rebuild a ModelOpt model: ``build()`` (the plain student, :func:`prepare_student`-ed), its modes, its tensors.
-
-    Raises:
-        EdgeDistillError: a damaged or foreign state, named.
-    """
-    path = folder / "modelopt_state.json"
-    state = _decode(storage.read_json(path), path)
-    try:
-        with modelopt_quiet():
-            model = mo.mto.restore_from_modelopt_state(build(), modelopt_state=state)
-        model.load_state_dict(storage.load_safetensors(folder / "modelopt.safetensors"))
-    except (RuntimeError, KeyError, ValueError, AssertionError) as e:
-        raise EdgeDistillError(f"{folder} does not hold a ModelOpt state of this student "
-                               f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
-    return model
-
-
-def plain_weights(model: nn.Module, reference: nn.Module) -> dict[str, Tensor]:
-    """The ModelOpt model's tensors under the plain student's keys, 2:4 masks multiplied in (quantizers dropped)."""
-    state = model.state_dict()
-    out = {}
-    for key in reference.state_dict():
-        value = state[key]
-        mask = state.get(key.removesuffix("weight") + "_weight_mask") if key.endswith("weight") else None
-        out[key] = (value * mask if mask is not None else value).detach().cpu().contiguous().clone()
-    return out
-
-
-# ----------------------------------------------------------------------------- loading an optimized student
-
-
-def is_optimized_run(path: str | Path) -> bool:
-    """Whether ``path`` (a folder or a file in it) is a finished or started optimize stage."""
-    folder = storage.run_dir_of(path)
-    return (folder / "optimize.json").is_file()
-
-
-def read_recipe(path: str | Path) -> dict[str, Any]:
-    """The ``recipe.json`` of a finished stage.
-
-    Raises:
-        EdgeDistillError: the stage never finished (no recipe.json).
-    """
-    folder = storage.run_dir_of(path)
-    if not (folder / "recipe.json").is_file():
-        raise EdgeDistillError(f"{str(folder)!r} is an optimize stage that has not finished (no recipe.json); "
-                               "run 'edgedistill optimize ... --resume true' to finish it")
-    return storage.read_json(folder / "recipe.json")
-
-
-def load_optimized_student(path: str | Path) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """A finished stage's student in eval mode, its manifest and its recipe.
-
-    QAT recipes: the fake-quantized ModelOpt model (needs ``nvidia-modelopt``); 2:4 alone: the plain
-    timm student with the zeros in its weights (no ModelOpt needed).
-    """
-    from edgedistill.students import StudentManifest, load_student
-
-    folder = storage.run_dir_of(path)
-    recipe = read_recipe(folder)
-    if not recipe["qat"]:
-        model, manifest = load_student(folder)
-        return model, manifest, recipe
-    mo = require_modelopt(f"Loading the QAT student of {str(folder)!r}")
-    manifest = StudentManifest.load(folder / "student.json")
-    return load_modelopt(lambda: prepare_student(manifest.create()), mo, folder).eval(), manifest, recipe
+from edgedistill.training.record import config_diffs, has_checkpoint, read_run_configs, write_run_config
+from edgedistill.training.recipes import OPTIMIZE_FORMAT, RECIPE_PRECISION, SPARSE_STAGE, is_optimized_run, read_recipe
 
 
 # ----------------------------------------------------------------------------- the fine-tune
@@ -381,16 +89,7 @@ def _load_run(path: str) -> tuple[Path, DataConfig, TeacherConfig, TrainConfig, 
         if not (run_dir / name).is_file():
             raise ConfigError(f"optimize.model={path!r} is not a finished training run (no {name}); give the run "
                               "directory 'edgedistill train' wrote")
-    try:
-        rec = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{run_dir / 'config.yaml'} is damaged ({type(e).__name__})") from None
-    if not isinstance(rec, dict):
-        raise ConfigError(f"{run_dir / 'config.yaml'} is not a run record")
-    where = str(run_dir / "config.yaml")
-    data = from_dict(DataConfig, rec.get("data"), f"{where}: data")
-    teacher = from_dict(TeacherConfig, rec.get("teacher"), f"{where}: teacher")
-    train = from_dict(TrainConfig, rec.get("train"), f"{where}: train")
+    data, teacher, train = read_run_configs(run_dir)
     metrics = storage.read_json(run_dir / "metrics.json")
     if not metrics.get("finished"):
         raise ConfigError(f"{str(run_dir)!r} has not finished training; finish it (--train.resume true) first")
@@ -399,8 +98,6 @@ def _load_run(path: str) -> tuple[Path, DataConfig, TeacherConfig, TrainConfig, 
 
 def _calibration(setup, opt: OptimizeConfig, batch: int = 64) -> tuple[list[Tensor], dict[str, Any]]:
     """``calib_size`` images of ``calib_split`` (seeded subset, eval transform) as batches, and their record."""
-    from edgedistill.data.transforms import eval_transform
-
     dataset = setup.splits.dataset(opt.calib_split, eval_transform(setup.view))
     if not len(dataset):
         raise ConfigError(f"optimize.calib_split={opt.calib_split!r} has no images")
@@ -442,8 +139,6 @@ def _finetune_config(train: TrainConfig, opt: OptimizeConfig, parent: Path, stag
 
 def _stage_state(stage_dir: Path, settings: dict, data: DataConfig, teacher: TeacherConfig, ft: TrainConfig) -> str:
     """``new``, ``finished`` (same settings: reuse it) or ``started``; refuses a folder made with other settings."""
-    from edgedistill.training.fit import config_diffs
-
     if not (stage_dir / "optimize.json").is_file():
         return "new"
     old = storage.read_json(stage_dir / "optimize.json")
@@ -457,8 +152,7 @@ def _stage_state(stage_dir: Path, settings: dict, data: DataConfig, teacher: Tea
                           "ones or move the folder away to start over")
     if finished:
         return "finished"
-    has_ckpt = any((stage_dir / "checkpoints").glob("*.ckpt"))  # a missing folder globs to nothing
-    if has_ckpt and not ft.resume:
+    if has_checkpoint(stage_dir) and not ft.resume:
         raise ConfigError(f"{str(stage_dir)!r} holds an unfinished fine-tune; pass --resume true to continue it, or "
                           "move the folder away to start over")
     return "started"
@@ -466,8 +160,6 @@ def _stage_state(stage_dir: Path, settings: dict, data: DataConfig, teacher: Tea
 
 def _start_student(base: Path, parent: Path, mo: SimpleNamespace) -> nn.Module:
     """The student a stage starts from: the trained run's (plain), or the sparse stage's (ModelOpt, masks active)."""
-    from edgedistill.students import StudentManifest, load_student
-
     if base == parent:
         return prepare_student(load_student(base)[0])
     manifest = StudentManifest.load(base / "student.json")
@@ -477,12 +169,6 @@ def _start_student(base: Path, parent: Path, mo: SimpleNamespace) -> nn.Module:
 def _run_stage(parent: Path, configs: tuple, stage: str, base: Path, opt: OptimizeConfig, mo: SimpleNamespace, *,
                sparsify_here: bool, qat_here: bool) -> Path:
     """Fine-tune one stage (resumable, atomic); returns its folder. A finished stage with the same settings is reused."""
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
-    from edgedistill.students import StudentManifest
-    from edgedistill.training.checkpoints import load_checkpoint
-    from edgedistill.training.fit import build_run, finalize_run, fit_run, lightning_quiet, record_of
-
     data, teacher, train, parent_metrics = configs
     ft = _finetune_config(train, opt, parent, stage)
     stage_dir = Path(ft.out_dir).expanduser().resolve() / stage
@@ -525,7 +211,7 @@ def _run_stage(parent: Path, configs: tuple, stage: str, base: Path, opt: Optimi
         say(f"[optimize] INT8: {len(quant['not_quantized'])} layer(s) not quantized: {', '.join(quant['not_quantized'])}")
     setup.module.student = student
     if rank_zero_only.rank == 0:
-        storage.write_text(stage_dir / "config.yaml", yaml.safe_dump(record_of(data, teacher, ft), sort_keys=False))
+        write_run_config(stage_dir, data, teacher, ft)
         storage.write_json(stage_dir / "optimize.json", settings)
     what = " + ".join(([f"2:4 ({opt.sparsity_method})"] if sparsify_here else []) + (["INT8 QAT"] if qat_here else []))
     say(f"[optimize] {stage}: {what}, fine-tune {ft.epochs} epoch(s) at lr {ft.lr:g} with the run's {train.target} loss")
@@ -605,5 +291,4 @@ def optimize_command(cfg: OptimizeConfig = OptimizeConfig()) -> None:
     print(line + f", fine-tune {recipe['finetune']['stages_elapsed_s']:.0f}s")
 
 
-__all__ = ["ModelOptUnavailableError", "is_two_of_four", "load_optimized_student", "optimize", "optimize_command",
-           "read_recipe", "require_modelopt", "sparsity_report"]
+__all__ = ["optimize", "optimize_command"]
