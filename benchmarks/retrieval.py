@@ -28,6 +28,9 @@ Stages, each resumable and skipped when done (rerun the same command after a kil
     python benchmarks/retrieval.py --stages prepare,cache            # the teacher cache alone first
     python benchmarks/retrieval.py --limit 600 --held-out-per-class 10 --epochs 1 --top-k 40 \\
         --work runs/bench_retrieval_smoke                             # a smoke run (~2 min)
+
+    python benchmarks/retrieval.py --suite precision [...]          # precision@k, four query settings
+                                                                     # (benchmarks/retrieval_precision.py)
 """
 
 from __future__ import annotations
@@ -164,7 +167,7 @@ def pool_data(work: Path, held_out: bool = True, max_unlabeled: int | None = Non
 
 def retrieve_cfg(args: argparse.Namespace) -> RetrieveConfig:
     return RetrieveConfig(top_k=args.top_k, min_score=args.min_score, margin=args.margin, dedup=args.dedup,
-                          balance=args.balance, search="exact")
+                          balance=args.balance, search="exact", rerank=args.rerank)
 
 
 def _plan(work: Path, args: argparse.Namespace):
@@ -319,6 +322,12 @@ def report(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["--suite", "precision"]:  # precision@k of airplane/ship retrieval, four settings: its own module
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import retrieval_precision
+
+        return retrieval_precision.main(argv[2:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, default=REPO / "runs" / "bench_retrieval", help="working folder (resumable)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
@@ -333,6 +342,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--margin", type=float, default=0.0)
     p.add_argument("--dedup", type=float, default=0.95)
     p.add_argument("--balance", type=float, default=None)
+    p.add_argument("--rerank", type=int, default=0, help="retrieve.rerank rounds; 0, as when the figures in "
+                   "docs/benchmarks.md were made (issue 10, before re-ranking existed)")
     p.add_argument("--epochs", type=int, default=15, help="epochs of (a) and (c); (b) gets their optimizer steps")
     p.add_argument("--pool-epochs", type=int, default=None, help="train (b) for this many full epochs instead")
     p.add_argument("--batch-size", type=int, default=256)
@@ -349,7 +360,7 @@ def main(argv: list[str] | None = None) -> dict:
     state_path = work / "results.json"
     res = storage.read_json(state_path) if state_path.is_file() else {}
     res.setdefault("seconds", {})
-    res["command"] = "python benchmarks/retrieval.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    res["command"] = "python benchmarks/retrieval.py " + " ".join(argv)
 
     res["prepare"] = prepare(work, args)  # idempotent: every later stage reads the pool it made
     for stage in STAGES:

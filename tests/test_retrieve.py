@@ -4,8 +4,10 @@ the manifest as a dataset, the pool source, and ``distill --prompts --pool`` end
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import re
 import shutil
 import sys
 import tarfile
@@ -141,6 +143,24 @@ def test_label_map_from_names_covers_hyponyms_with_reasons():
     assert "imagenet_hierarchy" not in _shipped()  # the hierarchy beside the maps is not a map
 
 
+def test_prompt_synonyms_reach_wordnet_and_the_review_names_near_misses():
+    """'ship: boat' takes the boats in; without it the review names them (under 'vessel, watercraft', as a ship is)."""
+    from edgedistill.heads.label_map import format_review
+    from edgedistill.heads.zero_shot import prompt_head
+
+    teacher = SimpleNamespace(num_classes=1000)
+    plain, review = prompt_head("label_map", parse_prompts("airplane\nship\n"), teacher)
+    assert plain.groups == [[404], [403, 510, 628, 724, 833, 913]]  # airliner; the ImageNet ships
+    near = {m["index"]: m for m in review["classes"]["ship"]["near_misses"]}
+    assert {472, 554, 576, 625, 814, 914} <= set(near) and near[814]["synonym"] == "boat"  # speedboat & co.
+    assert [m["index"] for m in review["classes"]["airplane"]["near_misses"]] == [895]  # warplane
+    text = format_review(review)
+    assert "nearly matched, left out: 895 warplane" in text and "'airplane: warplane'" in text and "'ship: boat'" in text
+    wide, review = prompt_head("label_map", parse_prompts("airplane: warplane\nship: boat\n"), teacher)
+    assert wide.groups == [[404, 895], sorted([403, 510, 628, 724, 833, 913, 472, 554, 576, 625, 814, 914])]
+    assert not {472, 554, 814} & {m["index"] for m in review["classes"]["ship"]["near_misses"]}  # taken: no longer missed
+
+
 def test_label_map_from_names_refuses_an_unknown_name_and_pins_wordnet_ids():
     from edgedistill.heads.label_map import imagenet_hierarchy, label_map_from_names, with_other
 
@@ -223,6 +243,54 @@ def test_exact_search_streams_shards_and_breaks_ties_by_pool_order():
     np.testing.assert_array_equal(pool.rows("embedding", np.array([12, 2, 0])), allx[[12, 2, 0]])
 
 
+def test_query_margin_is_the_neighbour_similarity_over_the_other_classes_and_the_background():
+    from edgedistill.heads import TextHead
+    from edgedistill.retrieve import Query, Scorer, centered, knn_similarity
+
+    z = np.array([[1, 0, 0], [0.6, 0.8, 0], [0, 0, 1]], np.float32)
+    refs = np.array([[1, 0, 0], [0, 1, 0], [0.6, 0.8, 0]], np.float32)
+    np.testing.assert_allclose(knn_similarity(z, refs, 2), [(1 + 0.6) / 2, (1 + 0.8) / 2, 0], atol=1e-6)
+    assert np.isneginf(knn_similarity(z, refs[:0], 2)).all()
+    pos = [np.array([[1, 0, 0]], np.float32), np.array([[0, 1, 0]], np.float32), np.zeros((0, 3), np.float32)]
+    q = Query(Scorer(TextHead(torch.eye(3), 100.0), "text"), pos, np.array([[0, 0, 1]], np.float32), 0.5, knn=1)
+    x = np.array([[3, 4, 0], [0, 0, 2]], np.float32)  # sims to the classes: (0.6, 0.8), (0, 0); to the background 0, 1
+    np.testing.assert_allclose(q.margins(x), [[0.6 - 0.8, 0.8 - 0.6, 0], [0 - 1, 0 - 1, 0]], atol=1e-6)
+    np.testing.assert_allclose(q.scores({"embedding": x}), [[0.6 - 0.1, 0.8 + 0.1, 0], [-0.5, -0.5, 1]], atol=1e-6)
+    alone = Query(q.head, [pos[0], pos[2], pos[2]], np.zeros((0, 3), np.float32), 1.0, knn=1)
+    np.testing.assert_allclose(alone.margins(x)[:, 0], [0.6, 0], atol=1e-6)  # nothing else: the similarity itself
+    # measured from the pool's mean: all-positive features [1, 1] and [1, 0.8] are close; less their mean, opposite
+    feats = np.array([[1, 1, 0], [1, 0.8, 0]], np.float32)
+    center = (feats / np.linalg.norm(feats, axis=1, keepdims=True)).mean(0)
+    c, raw = centered(feats, center), centered(feats, None)
+    assert float(c[0] @ c[1]) == pytest.approx(-1, abs=1e-5) and float(raw[0] @ raw[1]) > 0.99
+
+
+def test_reranking_pulls_in_the_images_near_the_most_confident_ones():
+    """Three clear class-0 images (head 0.9), five of their kind the head scores 0.5, five distractors it scores 0.6
+    (and a background that scores low): the head's top 5 holds two distractors; one round of feedback from the top 3
+    ranks all five of the kind ahead of every distractor."""
+    from edgedistill.heads import TextHead
+    from edgedistill.retrieve import Query, Scorer, background, exact_search, refine
+
+    rng = np.random.default_rng(0)
+    proto = np.tile([0.9, 0, 0.43, 0, 0], (3, 1))
+    kind = np.tile([0.5, 0, 0.86, 0, 0], (5, 1)) + rng.normal(0, 0.01, (5, 5))
+    distractor = np.tile([0.6, 0, -0.5, 0.6, 0], (5, 1)) + rng.normal(0, 0.01, (5, 5))
+    other = np.tile([0, 1, 0, 0, 0.3], (3, 1))
+    back = np.tile([0.05, 0.05, -0.3, 0.9, 0.3], (20, 1)) + rng.normal(0, 0.05, (20, 5))  # near the distractors
+    emb = np.concatenate([proto, distractor, kind, other, back]).astype(np.float32)  # ids 0-2, 3-7, 8-12, 13-15, 16-
+    pool = _fake_pool([emb], [np.ones(len(emb), bool)])
+    head = Scorer(TextHead(torch.eye(5)[:2], 100.0), "text")
+    found = exact_search(pool, head, 8)
+    assert set(found[0][:3]) == {0, 1, 2} and set(found[0][3:5]) < set(range(3, 8))  # the head: then distractors
+    assert set(background(pool, head, 0, n=10)) <= set(range(16, 36))  # the low scorers
+    cfg = RetrieveConfig(rerank=1, rerank_top=3, rerank_weight=1.0)
+    scorer, refound, rounds = refine(pool, head, found, None, cfg, 8)
+    assert isinstance(scorer, Query) and rounds == [{"examples": [0, 0], "pool": [3, 3], "background": 18}]
+    assert set(refound[0][:8]) == set(range(3)) | set(range(8, 13))  # prototypes and their kind; no distractor
+    assert refine(pool, head, found, None, RetrieveConfig(rerank=0), 8)[1] is found  # off: the head's own
+
+
 def test_label_map_scores_are_group_probabilities():
     from edgedistill.heads import LabelMapHead
     from edgedistill.retrieve import Scorer
@@ -269,7 +337,7 @@ def test_pool_dataset_takes_images_of_folders_and_shards(pool, tmp_path):
 def clip_run(pool):
     from edgedistill.retrieve import plan_retrieval, run_retrieval
 
-    cfg = RetrieveConfig(top_k=6, candidates=12, dedup=None, templates="simple", search="exact")
+    cfg = RetrieveConfig(top_k=6, candidates=12, dedup=None, templates="simple", search="exact", rerank=0)  # the head
     plan = plan_retrieval(pool / "prompts.txt", pool / "pool", tiny_teacher_cfg(), cfg, pool / "exact", pool / "cache")
     return plan, run_retrieval(plan, num_workers=0, log=lambda m: None)
 
@@ -316,7 +384,7 @@ def test_thresholds_margin_and_dedup_on_a_real_pool(clip_run, pool):
     scores = sorted(float(r["score"]) for r in _rows(pool / "exact" / "manifest.csv"))
     cut = scores[len(scores) // 2]
     cfg = RetrieveConfig(top_k=6, candidates=12, dedup=0.99999, min_score=cut, margin=0.001, templates="simple",
-                         search="exact")
+                         search="exact", rerank=0)
     plan = plan_retrieval(pool / "prompts.txt", pool / "pool", tiny_teacher_cfg(), cfg, pool / "strict", pool / "cache")
     record = run_retrieval(plan, num_workers=0, log=lambda m: None)
     rows = _rows(pool / "strict" / "manifest.csv")
@@ -341,12 +409,61 @@ def test_rerun_reuses_a_finished_retrieval_and_a_changed_one_is_redone(clip_run,
     assert other.key != plan.key
 
 
+def test_example_images_join_the_query_are_cached_and_never_retrieved(clip_run, pool, tmp_path):
+    from edgedistill.retrieve import PoolRows, plan_retrieval, run_retrieval
+
+    ex = tmp_path / "examples"
+    head_rows = [r for r in _rows(pool / "exact" / "manifest.csv") if "::" not in r["path"]]
+    by_class = {c: [r["path"] for r in head_rows if r["class"] == c] for c in ("red", "green", "blue")}
+    first, second = sorted(by_class, key=lambda c: -len(by_class[c]))[:2]  # (a random teacher favours some colours)
+    picked = {first: by_class[first][:2], second: by_class[second][:1]}  # what the head alone keeps first
+    for cls, paths in picked.items():
+        (ex / cls).mkdir(parents=True)
+        for path in paths:
+            shutil.copy(path, ex / cls / f"example_{Path(path).name}")
+    cfg = RetrieveConfig(top_k=6, candidates=12, dedup=None, templates="simple", search="exact", examples=str(ex),
+                         rerank=1, rerank_top=2, rerank_weight=0.5)
+    plan = plan_retrieval(pool / "prompts.txt", pool / "pool", tiny_teacher_cfg(), cfg, tmp_path / "out", pool / "cache")
+    record = run_retrieval(plan, num_workers=0, log=lambda m: None)
+    counts = {c: len(v) for c, v in picked.items() if v}
+    assert plan.key != clip_run[0].key and record["query"]["examples"]["counts"] == counts
+    n_ex = [counts.get(c, 0) for c in record["classes"]]
+    assert record["query"]["positives"][0]["examples"] == n_ex and record["query"]["positives"][0]["pool"] == [0, 0, 0]
+    assert record["query"]["positives"][1]["examples"] == n_ex
+    assert [m for m in (pool / "cache").rglob("manifest.json")  # cached like a pool source
+            if m.relative_to(pool / "cache").parts[1:3] == ("examples", "examples")]
+    rows = _rows(tmp_path / "out" / "manifest.csv")
+    digests = {hashlib.sha256(Path(path).read_bytes()).digest() for ps in picked.values() for path in ps}
+    assert len(picked[first]) == 2 and rows and not any(hashlib.sha256(Path(r["path"]).read_bytes()).digest() in digests
+                                                        for r in rows if "::" not in r["path"])  # by content
+    assert sum(pc["drops"].get("one of the example images", 0) for pc in record["per_class"].values()) >= 2
+    # a row's score is its head cosine plus the weighted neighbour margin, as its why says
+    from edgedistill.cache import ensure_cache
+    from edgedistill.retrieve import Scorer
+
+    caches = ensure_cache(plan.data, plan.teacher_cfg, "unlabeled", pool / "cache", teacher=plan.teacher, splits=plan.splits)
+    rp = PoolRows(plan.splits.sources_of("unlabeled"), caches, plan.splits.sources)
+    head = Scorer(plan.head, "text")
+    for r in rows[:4]:
+        gid = rp.offsets[rp.keys.index(r["source"])] + int(r["index"])
+        s0 = head(rp.rows("embedding", [gid]))[0, record["classes"].index(r["class"])]
+        q, m = (float(v) for v in re.search(r"query (-?[\d.]+) \+ 0.5 x neighbour margin (-?[\d.]+)", r["why"]).groups())
+        assert q == pytest.approx(s0, abs=1e-3) and float(r["score"]) == pytest.approx(q + 0.5 * m, abs=2e-3)
+        assert "query alone: rank" in r["why"]
+    with pytest.raises(ConfigError, match=r"retrieve.examples=.*folder\(s\) \['purple'\] name no class of the prompts"):
+        (ex / "purple").mkdir()
+        plan_retrieval(pool / "prompts.txt", pool / "pool", tiny_teacher_cfg(), cfg, tmp_path / "o2", pool / "cache")
+    with pytest.raises(ConfigError, match="retrieve.examples='/nonexistent' is not a folder"):
+        plan_retrieval(pool / "prompts.txt", pool / "pool", tiny_teacher_cfg(), RetrieveConfig(examples="/nonexistent"),
+                       tmp_path / "o3", pool / "cache")
+
+
 def test_exact_and_faiss_search_give_the_same_images(clip_run, pool):
     pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install 'edgedistill[retrieve]')")
     from edgedistill.retrieve import FAISS_INDEX, plan_retrieval, run_retrieval
 
     plan, record = clip_run
-    cfg = RetrieveConfig(top_k=6, candidates=12, dedup=None, templates="simple", search="faiss")
+    cfg = RetrieveConfig(top_k=6, candidates=12, dedup=None, templates="simple", search="faiss", rerank=0)
     fplan = plan_retrieval(pool / "prompts.txt", pool / "pool", tiny_teacher_cfg(), cfg, pool / "faiss", pool / "cache")
     frecord = run_retrieval(fplan, num_workers=0, log=lambda m: None)
     assert frecord["search"] == "faiss" and frecord["key"] == record["key"]  # the search is not part of the result
@@ -435,7 +552,7 @@ def test_label_map_teacher_retrieves_by_probability_with_other_class(pool, timm_
 
     (tmp_path / "p.txt").write_text("dog\ncat: kitten\nbird\n")
     msgs: list[str] = []
-    cfg = RetrieveConfig(top_k=4, dedup=None, other=3, other_below=0.5)
+    cfg = RetrieveConfig(top_k=4, dedup=None, other=3, other_below=0.5, rerank=0)  # scores: the probabilities
     plan = plan_retrieval(tmp_path / "p.txt", pool / "pool", timm_teacher, cfg, tmp_path / "out", tmp_path / "cache")
     assert plan.kind == "label_map" and plan.classes == ["dog", "cat", "bird", "other"]
     record = run_retrieval(plan, num_workers=0, log=msgs.append)
@@ -478,6 +595,11 @@ def test_retrieve_command_mistakes_are_one_line(pool, capsys):
                                                "line, e.g. 'cat: kitten'")
     assert main(["retrieve", str(pool / "prompts.txt"), str(pool / "nope")]) == 2
     assert "Pool path" in capsys.readouterr().err
+    assert main(["retrieve", str(pool / "prompts.txt"), str(pool / "pool"), "--retrieve.examples", "no/such"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: retrieve.examples='no/such' is not a folder; give one holding "
+                                               "<class>/*.jpg, a few example images per prompts class")
+    assert main(["retrieve", str(pool / "prompts.txt"), str(pool / "pool"), "--retrieve.rerank", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: retrieve.rerank=-1 is invalid; it must be >= 0 (0: no re-ranking)"
 
 
 # ----------------------------------------------------------------------------- distill --prompts --pool

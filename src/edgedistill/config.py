@@ -695,6 +695,22 @@ class RetrieveConfig:
     synonyms through WordNet, shown and saved for review."""
     max_sense: int = 1
     """Label map from names: highest WordNet sense number of a term that may match (1: the word's usual sense)."""
+    examples: str | None = None
+    """Folder of example images, ``<examples>/<class>/*.jpg`` (a few per class; every folder a prompts class): the
+    teacher embeds them (cached like the pool) and they become their class's positives (see ``rerank_weight``). Pool
+    images identical to an example (same bytes) are never retrieved."""
+    rerank: int = 1
+    """Rounds of re-ranking in the teacher's embedding space (pseudo-relevance feedback): each class's ``rerank_top``
+    most confident images join its positives and the pool is scored again; 0: off."""
+    rerank_top: int = 20
+    """Re-ranking: a class's most confident images (its own best class) that join its positives each round."""
+    rerank_weight: float = 1.0
+    """Weight of the neighbour margin added to the head's score (cosine for CLIP text heads, probability for label
+    maps): an image's mean cosine to its 5 nearest positives of the class, less the same for the other classes and for
+    a background of low-scoring pool images; for example images and re-ranking alike."""
+    rerank_center: bool = True
+    """Measure those cosines from the pool's mean embedding (a CNN's pooled features are all positive, so raw cosines
+    are all high); false: from the origin."""
     sheet_top: int = 8
     """Contact sheet: the highest-scoring images shown per class."""
     sheet_border: int = 8
@@ -718,6 +734,9 @@ class RetrieveConfig:
         need(self.candidates is None or self.candidates >= self.top_k, "candidates", f"it must be >= top_k ({self.top_k})")
         need(self.faiss_min_pool >= 1, "faiss_min_pool", "it must be >= 1")
         need(self.max_sense >= 1, "max_sense", "it must be >= 1")
+        need(self.rerank >= 0, "rerank", "it must be >= 0 (0: no re-ranking)")
+        need(self.rerank_top >= 1, "rerank_top", "it must be >= 1")
+        need(self.rerank_weight >= 0, "rerank_weight", "it must be >= 0")
         need(self.sheet_top >= 0 and self.sheet_border >= 0, "sheet_top", "sheet_top and sheet_border must be >= 0")
 
 

@@ -275,6 +275,40 @@ def _match_term(term: str, origin: str, max_sense: int) -> tuple[dict[int, tuple
     return matches, skipped
 
 
+def _term_synsets(term: str, max_sense: int) -> list[str]:
+    """The synsets (class or inner) a term names: a pinned WordNet id, else every synset with the term (or a number
+    variant) as a lemma of sense <= ``max_sense``."""
+    if WNID_PATTERN.fullmatch(term):
+        return [term]
+    h, forms = imagenet_hierarchy(), _number_variants(term)
+    named = [(cls["wnid"], cls) for cls in h["classes"]] + sorted(h["synsets"].items())
+    return [wnid for wnid, syn in named
+            if any(normalise_name(lemma) in forms and sense <= max_sense
+                   for lemma, sense in zip(syn["lemmas"], syn["senses"]))]
+
+
+def _near_misses(wnids: Sequence[str], taken: set[int], limit: int = 12) -> list[dict[str, Any]]:
+    """ImageNet classes under the parent of a synset the class name matched that the map left out: boats for 'ship' (both are
+    'vessel, watercraft'), 'warplane' for 'airplane' (both 'heavier-than-air craft'). Each names the synset under the
+    parent that holds it: the synonym that would take it in."""
+    h, distances = imagenet_hierarchy(), _ancestor_distances()
+    synsets = {**h["synsets"], **{c["wnid"]: c for c in h["classes"]}}
+    out: dict[int, dict[str, Any]] = {}
+    for wnid in wnids:
+        for parent in synsets[wnid]["hypernyms"]:
+            for cls in h["classes"]:
+                i, dist = cls["index"], distances[cls["index"]]
+                if i in taken or i in out or parent not in dist or wnid in dist or cls["wnid"] == wnid:
+                    continue
+                # the synset just below the parent on the way to this class: what a user would write as a synonym
+                via = cls if parent in cls["hypernyms"] else next(
+                    synsets[w] for w in sorted(dist, key=dist.get) if parent in synsets[w]["hypernyms"])
+                out[i] = {"index": i, "label": ", ".join(cls["lemmas"]), "parent": ", ".join(synsets[parent]["lemmas"]),
+                          "of": ", ".join(synsets[wnid]["lemmas"]), "synonym": via["lemmas"][0].replace("_", " "),
+                          "distance": dist[parent]}
+    return sorted(out.values(), key=lambda m: (m["distance"], m["synonym"], m["index"]))[:limit]
+
+
 def label_map_from_names(
     names: Sequence[str],
     synonyms: Mapping[str, Sequence[str]] | None = None,
@@ -290,8 +324,10 @@ def label_map_from_names(
 
     Returns:
         ``(head, review)``: a LabelMapHead over the 1,000 ImageNet classes, and ``{"classes": {name: {"indices",
-        "matches": [{index, wnid, label, distance, reasons}], "skipped_senses", "review_candidates", "warnings"}},
-        "conflicts", "settings", "source"}``. :func:`format_review` prints it.
+        "matches": [{index, wnid, label, distance, reasons}], "skipped_senses", "review_candidates", "near_misses",
+        "warnings"}}, "conflicts", "settings", "source"}``. ``near_misses`` are the classes under the parent of a
+        synset the name itself matched that no name took (boats for 'ship'), each with the synonym that would take them in.
+        :func:`format_review` prints it.
 
     Raises:
         ConfigError: a name matches no ImageNet class (named, with how to fix it), or duplicate names.
@@ -337,7 +373,8 @@ def label_map_from_names(
             else:
                 review.append({"index": cls["index"], "label": ", ".join(cls["lemmas"]), "reason": reason})
         per_name[name] = matches
-        details[name] = {"skipped_senses": skipped, "review_candidates": review, "warnings": warnings}
+        details[name] = {"skipped_senses": skipped, "review_candidates": review, "warnings": warnings,
+                         "_synsets": [w for term, origin in terms if not origin for w in _term_synsets(term, max_sense)]}
 
     conflicts = []  # a class claimed by several names: the closest match wins, a tie drops it
     claims: dict[int, dict[str, int]] = {}
@@ -360,6 +397,9 @@ def label_map_from_names(
         raise ConfigError(f"Class name(s) {unmatched} match no ImageNet class by lemma or WordNet hypernym ({hint}). "
                           "Add a synonym that does ('deer: antelope', or a WordNet id such as 'n02419796'), raise "
                           "max_sense, or give a label map JSON {class: [ImageNet indices]}")
+    taken = {i for m in per_name.values() for i in m}
+    for n in names:  # after the conflicts: a class another name keeps is not a miss
+        details[n]["near_misses"] = _near_misses(details[n].pop("_synsets"), taken)
     review_out = {
         "classes": {n: {"indices": sorted(per_name[n]),
                         "matches": [{"index": i, "wnid": h["classes"][i]["wnid"],
@@ -390,5 +430,10 @@ def format_review(review: Mapping[str, Any], verbose: bool = False) -> str:
                   f"{len(s['classes'])} class(es)" for s in entry["skipped_senses"]]
         lines += [f"  ? not matched, review: {c['index']} '{c['label'][:60]}' ({c['reason']})"
                   for c in entry["review_candidates"]]
+        near: dict[tuple[str, str], list[str]] = {}
+        for m in entry.get("near_misses", ()):
+            near.setdefault((m["synonym"], m["parent"], m["of"]), []).append(f"{m['index']} {m['label'].split(', ')[0]}")
+        lines += [f"  ~ nearly matched, left out: {' | '.join(members)} (under '{parent}', beside '{of}'; to take "
+                  f"them add the synonym '{name}: {syn}')" for (syn, parent, of), members in near.items()]
     lines += [f"conflict: {c['index']} '{c['label']}' {c['distances']}: {c['resolution']}" for c in review["conflicts"]]
     return "\n".join(lines)
