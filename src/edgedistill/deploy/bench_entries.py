@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgedistill import storage
+from edgedistill.config import DEFAULT_OPENCLIP_MODEL
 from edgedistill.deploy.runtime import read_metadata
 from edgedistill.errors import EdgeDistillError
 
@@ -103,7 +104,7 @@ def open_clip_tower(name: str, config: dict | None = None):
         return open_clip.create_model(name, pretrained=None).visual.eval()
 
 
-def tutorial_teacher_entry(out_dir: str | os.PathLike, name: str = "ViT-B-32", config: dict | None = None) -> BenchEntry:
+def tutorial_teacher_entry(out_dir: str | os.PathLike, name: str = DEFAULT_OPENCLIP_MODEL, config: dict | None = None) -> BenchEntry:
     """Export a random-init open_clip image tower (the tutorial's teacher, for speed only) and describe it."""
     import open_clip
 
