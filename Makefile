@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 # install; modules compile when imported.
 $(VENV)/.demo: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --no-compile -e '.[train,lite]'
+	$(BIN)/pip install -q --no-compile -e '.[train,lite,openvino,executorch]'
 	touch $@
 
 $(VENV)/.test: pyproject.toml
