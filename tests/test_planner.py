@@ -201,9 +201,9 @@ def test_report_says_when_a_slower_machine_got_a_smaller_schedule() -> None:
 
     kd = {"budget_s": 300.0, "budget_epochs": 5, "budget_step_s": 0.1, "epochs_completed": 5, "elapsed_s": 290.0,
           "reference_epochs": 12}
-    slow = "\n".join(plan_section({"plan": {"table": "", "deploy_batch": 8, "budgets": {"kd": kd}}}))
+    slow = "\n".join(plan_section({"table": "", "deploy_batch": 8, "budgets": {"kd": kd}}))
     assert "`kd`: a budget of 5.0 min, 100 ms per step: 5 epochs planned, 5 trained" in slow
     assert "A smaller schedule than on the machine this recipe was tuned on (12 epochs there)" in slow
-    fast = "\n".join(plan_section({"plan": {"table": "", "deploy_batch": 8,
-                                            "budgets": {"kd": {**kd, "epochs_completed": 14}}}}))
+    fast = "\n".join(plan_section({"table": "", "deploy_batch": 8,
+                                            "budgets": {"kd": {**kd, "epochs_completed": 14}}}))
     assert "smaller schedule" not in fast and "trained 12 epochs in this budget" in fast

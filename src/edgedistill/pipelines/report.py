@@ -97,9 +97,9 @@ def _story(results: DistillResults) -> list[str]:
     return out
 
 
-def plan_section(results: DistillResults) -> list[str]:
-    """The report's plan: the candidates the planner measured (kept or not, and why) and each student's budget."""
-    plan = results.plan
+def plan_section(plan: dict[str, Any] | None) -> list[str]:
+    """The report's plan (``DistillResults.plan``): the candidates the planner measured (kept or not, and why) and each
+    student's budget."""
     if not plan:
         return []
     out = ["## Plan", ""]
@@ -148,7 +148,7 @@ def write_distill_report(results: DistillResults, out_dir: Path, before_accuracy
     if results.step_seconds:
         lines += ["", "Seconds per step of this invocation: " + ", ".join(
             f"{name} {sec:.0f}" for name, sec in results.step_seconds.items()) + "."]
-    lines += [""] + plan_section(results) + (before_accuracy or []) + [
+    lines += [""] + plan_section(results.plan) + (before_accuracy or []) + [
               "## Accuracy", "", f"| model | trained on | val acc | {held or 'held-out'} acc | % of teacher |",
               "|---|---|---:|---:|---:|"]
     reference = results.teacher.reference()
