@@ -32,7 +32,7 @@ def test_results_round_trip_and_write_the_report(tmp_path: Path) -> None:
     r = DistillResults.from_dict(raw)
     assert isinstance(r.students[0], StudentResult) and r.best.name == raw["best_student"]
     assert r.teacher.reference()[0] == "linear"  # the head fitted on labels is the students' reference
-    assert r.to_dict() == {**raw, "retrieval": None, "race": None, "machine": {"gpu": None, **raw["machine"]}}
+    assert r.to_dict() == {**raw, "retrieval": None, "race": None, "plan": None, "machine": {"gpu": None, **raw["machine"]}}
     r.write(tmp_path / "results.json")
     assert DistillResults.load(tmp_path / "results.json") == r
     report = write_distill_report(r, tmp_path).read_text()

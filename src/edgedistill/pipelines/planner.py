@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from edgedistill import storage
 from edgedistill.config import DeploySettings
+from edgedistill.data.images import BadImageError
 from edgedistill.errors import ConfigError
 
 SMALL_IMAGE = 64
@@ -252,13 +253,17 @@ def share_budget(budget_s: float, students: list[tuple[str, bool, int]]) -> dict
 
 
 def native_size(splits, spec: str, sample: int = 64) -> int:
-    """The median longer side of up to ``sample`` images of ``spec`` (evenly spread), in pixels."""
+    """The median longer side of up to ``sample`` images of ``spec`` (evenly spread), in pixels; unreadable images are
+    left out (the jobs skip and count them)."""
     parts = [p for p in splits.parts_of(spec) if len(p.indices)]
     sizes = []
     for part in parts:
         step = max(len(part.indices) // max(sample // len(parts), 1), 1)
         for i in part.indices[::step][: max(sample // len(parts), 1)]:
-            sizes.append(max(splits.sources[part.source].load(int(i)).size))
+            try:
+                sizes.append(max(splits.sources[part.source].load(int(i)).size))
+            except BadImageError:
+                continue
     sizes.sort()
     return int(sizes[len(sizes) // 2]) if sizes else 224
 
