@@ -62,8 +62,8 @@ def teacher_arrays(teacher, source, start: int, stop: int, plan: dict, *, batch_
     dataset = SplitDataset({source.key: source}, [SplitPart(source.key, np.arange(start, stop), True)],
                            TeacherViews(teacher.view, K, plan["view"]["seed"]))
     device = teacher.device
-    # batch_size counts teacher forwards: with K views a batch is batch_size // K images x K views, so the
-    # pixels held (in the loader's prefetch and in one forward) do not grow with K.
+    # batch_size counts teacher forwards: with K views a batch is batch_size // K images x K views (at least
+    # one image), so the pixels held (in the loader's prefetch and in one forward) do not grow with K.
     images = max(1, batch_size // K) if K else batch_size
     loader = DataLoader(dataset, batch_size=images, num_workers=num_workers, collate_fn=collate_skip_bad,
                         pin_memory=device.type == "cuda")
@@ -73,7 +73,10 @@ def teacher_arrays(teacher, source, start: int, stop: int, plan: dict, *, batch_
                 pbar.update(images)
                 continue
             x = batch["image"].to(device, non_blocking=True)  # [B, 3, H, W] or [B, K, 3, H, W]
-            out = teacher(x.flatten(0, 1) if K else x)
+            x = x.flatten(0, 1) if K else x
+            # K > batch_size: one image's views, still batch_size per forward
+            outs = [teacher(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+            out = {name: torch.cat([o[name] for o in outs]) for name in outs[0]}
             rows = batch["index"].numpy() - start
             b = len(rows)
             arrays["embedding"][rows] = out["embedding"].float().cpu().numpy().reshape(b, *rows_shape[1:], D)
