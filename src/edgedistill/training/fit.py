@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import lightning.pytorch as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from torch import Tensor, nn
+from torch import nn
 
 from edgedistill import storage
 from edgedistill.cache import ensure_cache, pixel_cache
