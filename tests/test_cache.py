@@ -217,6 +217,29 @@ def test_aug_views_store_params(tmp_path, teacher):
     assert cache_source(teacher, src, tmp_path / "cache", shard_size=2, num_workers=0).embedding.shape == (5, 32)
 
 
+def test_aug_views_hold_one_batch_of_pixels_whatever_k(tmp_path, teacher, monkeypatch):
+    """Issue 17: K views of a batch of images went through one forward (batch_size x K images, 11 GB at K=16).
+    The pixels of a forward (and of the loader's batch it flattens) must stay one batch whatever K and N are."""
+    _write_images(tmp_path / "imgs", 24)
+    src = ImageFolderSource(tmp_path / "imgs", "tiny/train")
+    forward, seen = teacher.forward, []
+
+    def counting(x):
+        seen.append(x.numel() * x.element_size())
+        return forward(x)
+
+    monkeypatch.setattr(teacher, "forward", counting)
+    image = 3 * teacher.view.image_size ** 2 * 4  # bytes of one float32 view at the teacher's size
+    peaks = {}
+    for k in (2, 16):  # 8x the views
+        seen.clear()
+        cache = cache_source(teacher, src, tmp_path / f"cache{k}", views=k, shard_size=24, batch_size=8, num_workers=0)
+        assert cache.embedding.shape == (24, k, 32) and cache.valid.all()
+        assert sum(seen) == 24 * k * image  # every view was computed
+        peaks[k] = max(seen) // image
+    assert peaks == {2: 8, 16: 8}  # one batch of 8 views per forward, not 8 images x K views
+
+
 def _run_script(tmp_path: Path, images: Path, cache_dir: Path, devices: int, sleep: float = 0.0) -> subprocess.Popen:
     script = tmp_path / "run_cache.py"
     script.write_text(SCRIPT)

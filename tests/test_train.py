@@ -273,6 +273,39 @@ def test_cached_targets_gather_mixed_sources_and_views() -> None:
         provider({"source": ["c"], "index": torch.tensor([0])}, torch.device("cpu"))
 
 
+def test_cached_view_targets_are_read_from_the_shards_not_loaded(tmp_path: Path) -> None:
+    """Issue 17: training loaded every cached view ([N, K, D]) into memory. The targets of a batch must be read
+    from the memory-mapped shards: numpy's allocations (tracemalloc) stay a batch's, far below the table."""
+    import tracemalloc
+    from types import SimpleNamespace
+
+    from edgedistill.cache import ShardedArray
+    from edgedistill.training.fit import cached_targets
+
+    rng = np.random.default_rng(0)
+    shards = [rng.standard_normal((500, 8, 256)).astype(np.float16) for _ in range(4)]  # N=2000, K=8: 8 MB
+    for k, a in enumerate(shards):
+        storage.save_npy(tmp_path / f"shard_{k}.npy", a)
+    table = ShardedArray([storage.load_npy(tmp_path / f"shard_{k}.npy") for k in range(4)])
+    cache = SimpleNamespace(embedding=table, logits=None, path=tmp_path)
+    head = torch.nn.Linear(256, 10)
+    whole = torch.from_numpy(np.concatenate(shards))
+    batch = {"source": ["s"] * 64, "index": torch.from_numpy(rng.integers(0, 2000, 64)),
+             "view": torch.from_numpy(rng.integers(0, 8, 64))}
+    for target, heads, want in [("embedding", None, whole[batch["index"], batch["view"]].float()),
+                                ("logits", {"s": head}, None)]:
+        tracemalloc.start()
+        provider = CachedTargets({"s": cached_targets(cache, target, "embedding")}, heads=heads)
+        got = provider(batch, torch.device("cpu"))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 256 * 1024, f"{target}: {peak} bytes allocated for a 64-row batch of an 8 MB table"
+        if want is None:
+            with torch.no_grad():
+                want = head(whole[batch["index"], batch["view"]].float())
+        torch.testing.assert_close(got, want)
+
+
 def test_response_kd_step_pulls_student_towards_teacher() -> None:
     torch.manual_seed(0)
     teacher_logits = torch.randn(8, 3) * 5

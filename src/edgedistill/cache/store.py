@@ -114,6 +114,30 @@ class ShardedArray:
         return out
 
 
+    def take(self, rows, cols=None) -> np.ndarray:
+        """Rows ``rows`` (int array ``[M]``), or elements ``[rows[m], cols[m]]`` of a ``[N, K, ...]`` array: ``[M, ...]``.
+
+        Only the touched rows (or row/column elements) are read from the memory maps, so a batch of
+        view targets costs ``M x D`` values whatever N and K are.
+        """
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"indices out of range for {len(self)} rows")
+        if cols is not None:
+            cols = np.asarray(cols, dtype=np.int64).reshape(-1)
+            if cols.shape != rows.shape:
+                raise IndexError(f"{cols.size} columns for {rows.size} rows")
+            if cols.size and (cols.min() < 0 or cols.max() >= self.shape[1]):
+                raise IndexError(f"columns out of range for {self.shape[1]}")
+        out = np.empty((rows.size, *self.shape[1 if cols is None else 2:]), dtype=self.dtype)
+        part_of = np.searchsorted(self.offsets, rows, side="right") - 1  # [M]
+        for p in np.unique(part_of):
+            sel = part_of == p
+            local = rows[sel] - self.offsets[p]
+            out[sel] = self.parts[p][local] if cols is None else self.parts[p][local, cols[sel]]
+        return out
+
+
 def shard_stem(k: int) -> str:
     return f"shard_{k:05d}"
 

@@ -62,15 +62,21 @@ def teacher_arrays(teacher, source, start: int, stop: int, plan: dict, *, batch_
     dataset = SplitDataset({source.key: source}, [SplitPart(source.key, np.arange(start, stop), True)],
                            TeacherViews(teacher.view, K, plan["view"]["seed"]))
     device = teacher.device
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_bad,
+    # batch_size counts teacher forwards: with K views a batch is batch_size // K images x K views (at least
+    # one image), so the pixels held (in the loader's prefetch and in one forward) do not grow with K.
+    images = max(1, batch_size // K) if K else batch_size
+    loader = DataLoader(dataset, batch_size=images, num_workers=num_workers, collate_fn=collate_skip_bad,
                         pin_memory=device.type == "cuda")
     with torch.inference_mode():
         for batch in loader:
             if batch is None:  # every image of the batch unreadable (each warned once by SplitDataset)
-                pbar.update(batch_size)
+                pbar.update(images)
                 continue
             x = batch["image"].to(device, non_blocking=True)  # [B, 3, H, W] or [B, K, 3, H, W]
-            out = teacher(x.flatten(0, 1) if K else x)
+            x = x.flatten(0, 1) if K else x
+            # K > batch_size: one image's views, still batch_size per forward
+            outs = [teacher(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+            out = {name: torch.cat([o[name] for o in outs]) for name in outs[0]}
             rows = batch["index"].numpy() - start
             b = len(rows)
             arrays["embedding"][rows] = out["embedding"].float().cpu().numpy().reshape(b, *rows_shape[1:], D)
@@ -144,7 +150,8 @@ def cache_source(teacher, source, cache_dir: str | os.PathLike, *, views: int = 
         views: 0 for the plain teacher view; K > 0 for K augmented views per image.
         seed: seed of the augmented views' parameters.
         shard_size: rows per shard (the unit of resume, repair and of work shared between processes).
-        batch_size: images per teacher forward (with K views: ``batch_size`` images x K views).
+        batch_size: teacher forwards per batch (with K views: ``max(1, batch_size // K)`` images x K views), so
+            the pixels in memory are one batch's whatever K is; the outputs are one shard's.
         num_workers: DataLoader processes decoding images.
         rank, world_size: this process's place among several; default: ``shards.rank_world``.
 

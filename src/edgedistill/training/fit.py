@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import lightning.pytorch as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from torch import Tensor, nn
+from torch import nn
 
 from edgedistill import storage
 from edgedistill.cache import ensure_cache, pixel_cache
@@ -63,28 +62,24 @@ different training seeds share one cache; the training seed still decides which 
 
 
 @torch.no_grad()
-def cached_targets(cache, target: str, head: nn.Module | None, head_input: str, chunk: int = 4096) -> Tensor:
-    """A source's teacher targets from its cache, in memory: ``[N, (K,) C]`` logits or ``[N, (K,) D]`` embeddings.
+def cached_targets(cache, target: str, head_input: str):
+    """A source's teacher-target table in its cache: ``[N, (K,) C]`` logits or ``[N, (K,) D]`` embeddings.
+
+    The cache's memory-mapped ``ShardedArray`` itself (its shards were checksummed when the cache was
+    opened): :class:`CachedTargets` reads a batch's rows from it, so no table is loaded into memory.
 
     Args:
         cache: ``cache.TeacherCache`` with ``.embedding`` ``[N, (K,) D]`` and ``.logits`` ``[N, (K,) C]``.
-        target: ``logits`` (the head is applied, chunk by chunk) or ``embedding`` (returned as is).
-        head: Frozen head for ``logits``.
+        target: ``logits`` (the array the head reads) or ``embedding``.
         head_input: Which cached array the head reads (its class's ``reads``): ``embedding`` or ``logits``.
-        chunk: Rows per head call.
     """
     if target == "embedding":
-        return torch.from_numpy(np.ascontiguousarray(np.asarray(cache.embedding)))  # float16, as cached
+        return cache.embedding
     array = cache.embedding if head_input == "embedding" else cache.logits
     if array is None:
         raise ConfigError(f"The cache at {str(cache.path)!r} has no teacher logits, which the head reads; it needs a "
                           "classifier teacher")
-    out = []
-    head = head.float().eval().cpu()
-    for start in range(0, len(array), chunk):
-        x = torch.from_numpy(np.ascontiguousarray(np.asarray(array[start:start + chunk]), dtype=np.float32))
-        out.append(head(x.flatten(0, -2)).reshape(*x.shape[:-1], -1))  # [n, (K,) C]
-    return torch.cat(out)
+    return array
 
 
 @dataclass
@@ -120,7 +115,8 @@ def build_targets(data_cfg: DataConfig, teacher_cfg: TeacherConfig, cfg: TrainCo
     else:
         caches = ensure_cache(data_cfg, teacher_cfg, cfg.train_split, cfg.cache_dir, views=cfg.views or 0,
                               seed=CACHE_AUG_SEED, num_workers=cfg.num_workers, teacher=teacher, splits=splits)
-        provider = CachedTargets({k: cached_targets(c, cfg.target, head, head_input) for k, c in caches.items()})
+        provider = CachedTargets({k: cached_targets(c, cfg.target, head_input) for k, c in caches.items()},
+                                 heads=None if cfg.target == "embedding" else {k: head for k in caches})
         info["cache"] = {k: str(c.path) for k, c in caches.items()}
     return Targets(provider, head if cfg.target == "embedding" else None, info)
 

@@ -3,7 +3,7 @@
 Teacher targets come from a *target provider*, called with the batch:
 
 * :class:`CachedTargets`: per-source tables ``[N, C|D]`` (or ``[N, K, C|D]`` for K cached
-  augmented views) precomputed once from the teacher-output cache; the fast path.
+  augmented views) of the teacher-output cache, read through its memory maps a batch at a time; the fast path.
 * :class:`OnlineTargets`: the frozen teacher runs on ``batch["teacher_image"]`` (the same
   crop as the student's, at the teacher's view) under ``inference_mode``; exact under any
   augmentation.
@@ -39,30 +39,33 @@ class TargetProvider(Protocol):
 
 
 class CachedTargets:
-    """Teacher targets looked up in per-source tables held in memory.
+    """Teacher targets gathered, a batch at a time, from per-source tables.
 
     Args:
-        tables: ``{source key: Tensor [N, C|D]}``, or ``[N, K, C|D]`` when the cache holds
-            K augmented views (then the batch must carry ``"view"``, the view each image shows).
-            Rows are indexed by the image's source-local index.
+        tables: ``{source key: [N, C|D]}``, or ``[N, K, C|D]`` when the cache holds K augmented views
+            (then the batch must carry ``"view"``, the view each image shows). Rows are indexed by the
+            image's source-local index. A table is a ``Tensor`` or the cache's memory-mapped
+            ``cache.ShardedArray``: then only the batch's rows (and views) are read from disk, so
+            training holds no table in memory, however many images and views the cache has.
+        heads: ``{source key: frozen head}`` applied to the gathered rows (e.g. a linear probe turning
+            cached embeddings into class logits); a source without one gives its rows as they are.
     """
 
-    def __init__(self, tables: dict[str, Tensor]) -> None:
-        # Kept in their own dtype (float16 embeddings from the cache: 100k images x 4 views x 512
-        # is 400 MB, not 800); rows are converted to float32 as they are gathered.
+    def __init__(self, tables: dict[str, Any], heads: dict[str, nn.Module] | None = None) -> None:
+        # Kept in their own dtype (float16 from the cache); rows become float32 as they are gathered.
         self.tables = dict(tables)
+        self.heads = {k: h.float().eval().cpu() for k, h in (heads or {}).items()}
 
     def __call__(self, batch: dict[str, Any], device: torch.device) -> Tensor:
         sources: list[str] = list(batch["source"])
         index = torch.as_tensor(batch["index"]).cpu()
         view = batch.get("view")
         view = torch.as_tensor(view).cpu() if view is not None else None
-        first = self._table(sources[0])
-        out = torch.empty((len(sources), first.shape[-1]), dtype=torch.float32)
+        parts: dict[str, tuple[Tensor, Tensor]] = {}
         for src in dict.fromkeys(sources):  # train+unlabeled batches mix sources
             mask = torch.tensor([s == src for s in sources])
             table = self._table(src)
-            rows = index[mask]
+            rows, v = index[mask], None
             if table.ndim == 3:
                 v = view[mask] if view is not None else None
                 if v is None or bool((v < 0).any()):
@@ -70,12 +73,21 @@ class CachedTargets:
                         f"The cache of {src!r} holds {table.shape[1]} augmented views but the batch has no view "
                         "number; train with aug=true and views=K matching the cache"
                     )
-                out[mask] = table[rows, v].float()
-            else:
-                out[mask] = table[rows].float()  # embedding tables stay float16 in memory
+            if isinstance(table, Tensor):
+                got = (table[rows] if v is None else table[rows, v]).float()
+            else:  # memory-mapped shards: read just these rows (and views)
+                got = torch.from_numpy(table.take(rows.numpy(), None if v is None else v.numpy())).float()
+            if src in self.heads:
+                with torch.no_grad():  # not inference_mode: the targets enter the loss's autograd graph
+                    got = self.heads[src](got)
+            parts[src] = (mask, got)
+        first = next(iter(parts.values()))[1]
+        out = torch.empty((len(sources), first.shape[-1]), dtype=torch.float32)
+        for mask, got in parts.values():
+            out[mask] = got
         return out.to(device, non_blocking=True)
 
-    def _table(self, src: str) -> Tensor:
+    def _table(self, src: str) -> Any:
         if src not in self.tables:
             raise ConfigError(f"No cached teacher targets for source {src!r}; cached: {', '.join(self.tables)}")
         return self.tables[src]
