@@ -41,11 +41,10 @@ import numpy as np
 os.environ.setdefault("EDGEDISTILL_NO_PROGRESS", "1")
 
 from edgedistill import storage  # noqa: E402
-from edgedistill.config import RetrieveConfig, TeacherConfig  # noqa: E402
+from edgedistill.config import RetrieveConfig  # noqa: E402
+from retrieval import _cifar_files, _log, teacher_cfg  # noqa: E402 - the issue-10 benchmark's teacher and images
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAR_DIR = Path("~/.cache/edgedistill-data/train").expanduser()
-CIFAR_TAR = REPO.parent / "shared" / "data" / "cifar10-train.tar.gz"
 TARGETS = ["airplane", "ship"]
 PROMPTS = {"names": "airplane\nship\n", "synonyms": "airplane: warplane\nship: boat\n"}
 SETTINGS = {  # name: (prompts, examples, re-rank)
@@ -54,27 +53,6 @@ SETTINGS = {  # name: (prompts, examples, re-rank)
 }
 CUTS = ("tune", "report")
 KS = (10, 25, 50, 100)
-
-
-def teacher_cfg() -> TeacherConfig:
-    return TeacherConfig(kind="efficientnet_lite0", image_size=96, batch_size=128, runtime="onnxruntime")
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def cifar_files() -> dict[str, list[Path]]:
-    """The CIFAR-10 training images by class, unpacked once from ../shared/data."""
-    if not CIFAR_DIR.is_dir():
-        if not CIFAR_TAR.is_file():
-            sys.exit(f"CIFAR-10 training images missing: neither {CIFAR_DIR} nor {CIFAR_TAR}")
-        import tarfile
-
-        _log(f"unpacking {CIFAR_TAR} into {CIFAR_DIR.parent}")
-        with tarfile.open(CIFAR_TAR) as tf:
-            tf.extractall(CIFAR_DIR.parent, filter="data")
-    return {d.name: sorted(d.iterdir()) for d in sorted(CIFAR_DIR.iterdir()) if d.is_dir()}
 
 
 def prepare(work: Path, cut: str, per_class: int, n_examples: int) -> dict:
@@ -89,7 +67,7 @@ def prepare(work: Path, cut: str, per_class: int, n_examples: int) -> dict:
     block = CUTS.index(cut)
     size = per_class + n_examples
     pool, labels, examples = [], {}, {}
-    for cls, files in cifar_files().items():
+    for cls, files in _cifar_files().items():
         files = list(files)
         random.Random(0).shuffle(files)  # one fixed shuffle per class: cuts are disjoint blocks of it
         mine = files[block * size:(block + 1) * size]
@@ -241,7 +219,7 @@ def speed(work: Path, args: argparse.Namespace) -> dict:
             e = torch.relu(torch.nn.functional.adaptive_avg_pool2d(x.float(), 8).flatten(1) @ self.proj)
             return {"embedding": e, "logits": e @ self.cls}
 
-    files = [f for fs in cifar_files().values() for f in fs][:args.speed_images // 2]
+    files = [f for fs in _cifar_files().values() for f in fs][:args.speed_images // 2]
     pool = work / f"pool{args.speed_images}"
     if not pool.is_dir():
         for part in (f"synthetic{args.speed_images}-a", f"synthetic{args.speed_images}-b"):
