@@ -325,15 +325,22 @@ def _with(**over) -> dict:
 @example(raw=_with(data=None))
 @example(raw=_with(heads=[]))  # a section that is not a mapping
 @example(raw=_with(out=None))
+@example(raw=_with(train__student=None))  # no student named: the planner's ladder, and only its notes on stderr
 def test_any_yaml_config_is_planned_or_refused_in_one_line(distill_root, capsys, monkeypatch, raw):
     """``distill --config FILE.yaml`` with wrong types and unknown keys: the plan (everything checked before any
     work) succeeds, or the CLI exits 2 with one line. The work itself is replaced by the plan here."""
-    from edgedistill.pipelines import distill
+    from test_planner import FakeMeasurements
+    from test_planner import _table as planner_table
+
+    from edgedistill.pipelines import distill, planner
 
     text = yaml.safe_dump(raw).replace("/nonexistent", str(distill_root))
     path = distill_root / "fuzz.yaml"
     path.write_text(text)
     monkeypatch.setattr(distill, "run_distill", lambda cfg, **kw: distill.plan_distill(cfg))
+    # a config naming no student is planned on a ladder: measured here by fixed numbers, not seconds of races each
+    table = {**{c.name: planner_table()[next(iter(planner_table()))] for c in planner.ladder(False)}, **planner_table()}
+    monkeypatch.setattr(planner, "Measurements", lambda *a, **k: FakeMeasurements(table))
     capsys.readouterr()
     code = main(["distill", "--config", str(path)])
     err = capsys.readouterr().err.strip().splitlines()
