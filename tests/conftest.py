@@ -68,6 +68,22 @@ def fit_briefly(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps:
     return model.eval()
 
 
+def save_tiny_run(run: Path, train: list[tuple[np.ndarray, int]], class_names: list[str], view: dict,
+                  **meta) -> torch.nn.Module:
+    """A ``test_resnet`` student fitted briefly on ``train`` ((image [3, S, S], label) pairs) and saved as a run folder
+    (``student.safetensors`` + ``student.json`` with ``meta``); returns the model in eval mode."""
+    from edgedistill import storage
+    from edgedistill.students import create_student
+
+    torch.manual_seed(0)
+    model = fit_briefly(create_student("test_resnet", len(class_names)), torch.from_numpy(np.stack([x for x, _ in train])),
+                        torch.tensor([y for _, y in train]))
+    storage.save_safetensors(run / "student.safetensors", model.state_dict())
+    storage.write_json(run / "student.json", {"arch": "test_resnet", "num_outputs": len(class_names),
+                                              "class_names": class_names, "view": view, **meta})
+    return model
+
+
 def tiny_teacher_cfg(**kw):
     """A TeacherConfig of the tiny random-init open_clip model (same weights in every process: seeded)."""
     from edgedistill.config import TeacherConfig

@@ -20,8 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import IMAGE_FOLDER_COLOURS, fit_briefly, tiny_teacher_cfg
-from edgedistill import storage
+from conftest import IMAGE_FOLDER_COLOURS, save_tiny_run, tiny_teacher_cfg
 from edgedistill.data.views import ViewSpec, preprocess
 from edgedistill.deploy import export as ex
 
@@ -97,19 +96,13 @@ def _colour_image(name: str, rng, size=(40, 28)) -> Image.Image:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A tiny timm student trained on class-coloured images, exported with torch: (export dir, run dir, images)."""
-    from edgedistill.students import create_student
 
     d = tmp_path_factory.mktemp("torchfree")
     rng = np.random.default_rng(0)
     view = ViewSpec(**VIEW)
     train = [(preprocess(_colour_image(c, rng, (32, 32)), view), i) for i in range(3) for c in [CLASSES[i]] * 12]
-    torch.manual_seed(0)
-    model = fit_briefly(create_student("test_resnet", 3), torch.from_numpy(np.stack([x for x, _ in train])),
-                 torch.tensor([y for _, y in train]))
     run = d / "run"
-    storage.save_safetensors(run / "student.safetensors", model.state_dict())
-    storage.write_json(run / "student.json", {"arch": "test_resnet", "num_outputs": 3, "class_names": CLASSES,
-                                              "view": VIEW})
+    save_tiny_run(run, train, CLASSES, VIEW)
     deploy, meta = ex.load_student_deploy(run)
     ex.export_model(deploy, meta, d / "exp")
     images = []

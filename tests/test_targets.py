@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import IMAGE_FOLDER_COLOURS, fit_briefly
+from conftest import IMAGE_FOLDER_COLOURS, save_tiny_run
 from edgedistill import storage
 from edgedistill.config import DataConfig
 from edgedistill.data.views import ViewSpec, preprocess
@@ -33,7 +33,6 @@ def bundle(tmp_path_factory):
     """(export dir, trained model, data config) of a test_resnet exported with int8, OpenVINO and ExecuTorch."""
     from PIL import Image
 
-    from edgedistill.students import create_student
 
     d = tmp_path_factory.mktemp("targets")
     rng = np.random.default_rng(0)
@@ -45,13 +44,8 @@ def bundle(tmp_path_factory):
             Image.fromarray(arr.astype(np.uint8)).save(root / c / f"{k:02d}.png")
     spec = ViewSpec(**VIEW)
     train = [(preprocess(Image.open(p), spec), i) for i, c in enumerate(CLASSES) for p in sorted((root / c).glob("*.png"))]
-    torch.manual_seed(0)
-    model = fit_briefly(create_student("test_resnet", 3), torch.from_numpy(np.stack([x for x, _ in train])),
-                        torch.tensor([y for _, y in train]))
     run = d / "run"
-    storage.save_safetensors(run / "student.safetensors", model.state_dict())
-    storage.write_json(run / "student.json", {"arch": "test_resnet", "num_outputs": 3, "class_names": CLASSES,
-                                              "view": VIEW, "target": "labels", "small_input": False})
+    model = save_tiny_run(run, train, CLASSES, VIEW, target="labels", small_input=False)
     data = DataConfig(dataset="imagefolder", root=str(root), val_fraction=0.34)
     ex.export_command(str(run), out=str(d / "out"), int8=True, calib_data=data, calib_size=12, openvino=True,
                       executorch=True)
