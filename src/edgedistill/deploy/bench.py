@@ -223,7 +223,7 @@ def bench_command(
                         runtimes=tuple(runtimes), precisions=tuple(precisions))
     if not rows:
         raise EdgeDistillError("No benchmark ran: none of the requested runtimes is available here")
-    report = write_bench(rows, out_dir, notes=notes)
+    write_bench(rows, out_dir, notes=notes)
     print((out_dir / "bench.md").read_text())
     written = [out_dir / f for f in ("bench.json", "bench.md", "bench.png") if (out_dir / f).is_file()]
     print("wrote " + ", ".join(map(str, written)))

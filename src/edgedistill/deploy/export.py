@@ -53,7 +53,7 @@ from edgedistill.deploy.quantize import (
     tensorrt_status,
 )
 from edgedistill.deploy.card import write_model_card
-from edgedistill.deploy.runtime import INPUT_NAME, DeployMeta, ort_session, read_metadata
+from edgedistill.deploy.runtime import INPUT_NAME, DeployMeta, ort_session
 from edgedistill.errors import ConfigError, EdgeDistillError
 from edgedistill.heads import load_head
 from edgedistill.students import load_student
